@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One prepared GPU check of aciq.kernels' CUDA backend (< 5 minutes). Run from the repo root:
+#
+#     bash benchmarks/gpu_check.sh
+#
+# Needs python3 with numba, numba-cuda, numpy, torch, pytest (not our venv, not an install:
+# the package is put on the path through a symlink). Writes logs and JSON into "$OUT"
+# (default ./gpu_out). Every step is time-limited and the script keeps going when one fails;
+# the summary at the end lists each step's exit status.
+set -x
+set -u
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+ROOT="$(pwd)"
+PY="${PYTHON:-python3}"
+T0=$(date +%s)
+declare -A RC
+
+# put aciq.kernels on the path without installing (aciq is a namespace package)
+mkdir -p /tmp/aciq_path/aciq
+ln -sfn "$ROOT/kernels" /tmp/aciq_path/aciq/kernels
+export PYTHONPATH="/tmp/aciq_path${PYTHONPATH:+:$PYTHONPATH}"
+unset NUMBA_ENABLE_CUDASIM
+export PYTHONDONTWRITEBYTECODE=1
+
+# 1. machine and versions
+nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv 2>&1 | tee -a "$OUT/nvidia-smi.txt"
+timeout 60 "$PY" - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
+import sys, platform
+print("python", platform.python_version(), sys.executable)
+for m in ("numpy", "scipy", "numba", "numba_cuda", "torch", "pytest", "cuda"):
+    try:
+        mod = __import__(m)
+        print(m, getattr(mod, "__version__", "?"))
+    except Exception as e:
+        print(m, "import failed:", type(e).__name__, e)
+import torch
+print("torch.cuda", torch.cuda.is_available(), torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+from numba import cuda
+cuda.detect()
+EOF
+RC[versions]=${PIPESTATUS[0]}
+
+# 2. smoke: the backend imports and one tiny op matches the reference
+timeout 90 "$PY" - <<'EOF' 2>&1 | tee "$OUT/smoke.txt"
+import time, numpy as np
+t = time.time()
+from aciq.kernels import cuda as kc
+from aciq.kernels.spec import ActQuant, quantize_weights
+from aciq.kernels import reference as ref
+rng = np.random.default_rng(0)
+x = rng.standard_normal((3, 40)).astype(np.float32)
+w = quantize_weights(rng.standard_normal((24, 40)).astype(np.float32), bits=4)
+a = ActQuant.per_tensor(0.1, zero_point=0, bits=4, signed=True, k=40)
+acc = kc.qgemm_int32(x, w, a)
+ok = np.array_equal(acc, ref.qgemm_int32(x, w, a))
+print("smoke int32 accumulators equal:", ok, "in", round(time.time() - t, 1), "s")
+raise SystemExit(0 if ok else 1)
+EOF
+RC[smoke]=${PIPESTATUS[0]}
+
+# 3. kernels on real hardware (no simulator) vs the numpy reference, incl. ResNet-50-like shapes
+ACIQ_CUDA_CHILD=1 ACIQ_CUDA_REAL=1 timeout 120 "$PY" -m pytest -q -p no:cacheprovider --noconftest \
+    -o addopts="" -W "ignore::DeprecationWarning" --durations=10 -ra \
+    --junitxml="$OUT/test_cuda_real.xml" tests/kernels/test_cuda_sim.py 2>&1 | tee "$OUT/test_cuda_real.log"
+RC[tests_real_gpu]=${PIPESTATUS[0]}
+
+# 4. benchmark (stops starting new shapes after --budget-s)
+timeout 160 "$PY" benchmarks/bench_kernels_gpu.py --json "$OUT/bench_gpu.json" --budget-s 110 2>&1 \
+    | tee "$OUT/bench_gpu.log"
+RC[bench]=${PIPESTATUS[0]}
+
+set +x
+echo
+echo "==================== gpu_check summary ($(( $(date +%s) - T0 )) s) ===================="
+for k in versions smoke tests_real_gpu bench; do
+    printf '%-16s rc=%s\n' "$k" "${RC[$k]:-not run}"
+done
+echo "--- tests (tail)"; tail -n 15 "$OUT/test_cuda_real.log" 2>/dev/null
+echo "--- bench summary"; sed -n '/# summary/,$p' "$OUT/bench_gpu.log" 2>/dev/null | head -n 60
+echo "outputs in $OUT:"; ls -la "$OUT"
+exit 0
