@@ -68,6 +68,44 @@ ACIQ_CUDA_CHILD=1 ACIQ_CUDA_REAL=1 timeout 120 "$PY" -m pytest -q -p no:cachepro
     --junitxml="$OUT/test_cuda_real.xml" tests/kernels/test_cuda_sim.py 2>&1 | tee "$OUT/test_cuda_real.log"
 RC[tests_real_gpu]=${PIPESTATUS[0]}
 
+# 3b. the conv path (device im2col + fused GEMM + scatter) on real hardware vs the reference
+timeout 120 "$PY" - <<'EOF' 2>&1 | tee "$OUT/conv_real.txt"
+import time, numpy as np
+from numba import cuda
+from aciq.kernels import ActQuant, Epilogue, qconv2d, quantize_weights
+rng = np.random.default_rng(0)
+cases = [  # (N, C, H, W, O, kh, kw, stride, padding, dilation, groups, wbits, abits)
+    (2, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1, 4, 4),
+    (2, 256, 14, 14, 64, 1, 1, 1, 0, 1, 1, 4, 4),
+    (1, 3, 64, 64, 16, 7, 7, 2, 3, 1, 1, 8, 8),
+    (2, 32, 20, 20, 32, 3, 3, 2, 1, 1, 32, 8, 4),   # depthwise
+    (2, 16, 17, 19, 24, 3, 2, (2, 1), 1, (1, 2), 4, 3, 2),
+]
+bad = 0
+for (n, c, h, w_, o, kh, kw, s, p, d, g, wb, ab) in cases:
+    x = rng.normal(size=(n, c, h, w_)).astype(np.float32)
+    wq = quantize_weights(rng.normal(size=(o, c // g, kh, kw)).astype(np.float32), bits=wb)
+    act = ActQuant.per_tensor(0.07, zero_point=0, bits=ab, signed=True, k=c)
+    kwargs = dict(stride=s, padding=p, dilation=d, groups=g, kernel_size=(kh, kw))
+    for mode in ("integer", "mixed"):
+        e = Epilogue(bias=rng.normal(size=o).astype(np.float32), relu=True)
+        t = time.time()
+        try:
+            dev = qconv2d(cuda.to_device(x), wq, act, epilogue=e, mode=mode, backend="cuda", **kwargs)
+            got = dev.copy_to_host() if hasattr(dev, "copy_to_host") else np.asarray(dev)
+            ref = qconv2d(x, wq, act, epilogue=e, mode=mode, backend="reference", **kwargs)
+            err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+            ok = got.shape == ref.shape and (err == 0.0 if mode == "integer" else err <= 1e-5)
+        except Exception as exc:
+            err, ok = float("nan"), False
+            print("EXCEPTION", type(exc).__name__, exc)
+        bad += not ok
+        print(f"conv {(n, c, h, w_, o, kh, kw, s, p, d, g)} w{wb}a{ab} {mode:7} rel_err={err:.2e} ok={ok} ({time.time() - t:.2f}s)")
+print("conv real-GPU checks:", "ALL OK" if bad == 0 else f"{bad} FAILED")
+raise SystemExit(1 if bad else 0)
+EOF
+RC[conv_real_gpu]=${PIPESTATUS[0]}
+
 # 4. benchmark (stops starting new shapes after --budget-s)
 timeout 160 "$PY" benchmarks/bench_kernels_gpu.py --json "$OUT/bench_gpu.json" --budget-s 110 2>&1 \
     | tee "$OUT/bench_gpu.log"
@@ -76,7 +114,7 @@ RC[bench]=${PIPESTATUS[0]}
 set +x
 echo
 echo "==================== gpu_check summary ($(( $(date +%s) - T0 )) s) ===================="
-for k in versions smoke tests_real_gpu bench; do
+for k in versions smoke tests_real_gpu conv_real_gpu bench; do
     printf '%-16s rc=%s\n' "$k" "${RC[$k]:-not run}"
 done
 echo "--- tests (tail)"; tail -n 15 "$OUT/test_cuda_real.log" 2>/dev/null
