@@ -17,6 +17,14 @@ PY="${PYTHON:-python3}"
 T0=$(date +%s)
 declare -A RC
 
+# numba-cuda 0.30.4 registers np.row_stack, which numpy 2.5 removed: where the machine's numpy is newer than
+# our pin, install the wheels carried in ./.whl (e.g. numpy==2.4.6 for its Python) into a private folder first.
+WHEELS="${ACIQ_WHEELS:-$ROOT/.whl}"
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/aciq_site "$WHEELS"/*.whl \
+        && export PYTHONPATH="/tmp/aciq_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
 # put aciq.kernels on the path without installing (aciq is a namespace package)
 mkdir -p /tmp/aciq_path/aciq
 ln -sfn "$ROOT/kernels" /tmp/aciq_path/aciq/kernels
