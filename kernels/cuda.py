@@ -19,29 +19,33 @@ device and is a ``DeviceNDArray``). ``x`` must be float32, 2-D and C-contiguous
 Kernels, defined at module level by small factories and compiled lazily (once per
 specialisation and argument types) by numba:
 
-``tiled64`` / ``tiled128`` (any M)
-    64 x 64 (4 x 4 outputs per thread) or 128 x 128 (8 x 8 per thread) output tile
-    per 256-thread block, K-tiles of 16. Activations are read as float32 from
-    global memory, clipped and quantized in registers with their input channel's
-    scale / zero point / code range (staged in shared memory per K-tile) and
-    stored to shared memory: integer mode stores the centred codes ``q_a - z_a``
-    (int32), mixed mode the dequantized value ``(q_a - z_k) s_k`` (float32, so the
-    inner loop is a plain FMA). Weights are read as int8 codes or packed nibbles,
-    unpacked on load and stored centred (``q_w - z_w[n]``). Accumulation is int32
-    (integer mode) or float32 (mixed). 128-tiles are used when they make at least
-    two blocks per SM; a 64-tile launch with fewer blocks than SMs splits K over
-    the grid's z dimension (partials in a scratch array, summed in fixed order by
-    ``splitk`` reduction kernel that also runs the epilogue).
+``tiled32`` / ``tiled64`` / ``tiled128`` (any M)
+    32 x 32 (2 x 2 outputs per thread), 64 x 64 (4 x 4) or 128 x 128 (8 x 8)
+    output tile per 256-thread block, K-tiles of 16. Activations are read as
+    float32 from global memory, clipped and quantized in registers with their
+    input channel's scale / zero point / code range (staged in shared memory per
+    K-tile) and stored to shared memory: integer mode stores the centred codes
+    ``q_a - z_a`` (int32), mixed mode the dequantized value ``(q_a - z_k) s_k``
+    (float32, so the inner loop is a plain FMA). Weights are read as int8 codes or
+    packed nibbles, unpacked on load and stored centred (``q_w - z_w[n]``).
+    Accumulation is int32 (integer mode) or float32 (mixed). 64-tiles are used
+    when they make at least two blocks per SM, else 32-tiles; 128-tiles only when
+    forced (slower on an H200). A launch with fewer blocks than SMs splits K over
+    the grid's z dimension (partials in a scratch array that the plan allocates
+    once, summed in fixed order by the ``splitk`` reduction kernel that also runs
+    the epilogue).
 ``gemv`` (M <= 4, memory bound)
-    8 warps x 4 output channels per block; the weights are read exactly once as
-    32-bit words (8 nibbles or 4 int8 codes), coalesced, up to 8 independent loads
-    in flight per lane. The quantized activations of a K chunk are staged once per
-    block in shared memory; each lane copies those of its words into registers
-    once per step and reuses them for all its rows. Nibbles become floats without
-    a conversion instruction (``int_as_float(f | 0x4B000000) = 2^23 + f``). Warp
-    partial sums are reduced through shared memory (the simulator has no
-    shuffles). Used when a weight row is a whole number of words; otherwise the
-    tiled kernel runs.
+    8 warps x 8 output channels per block (4 for M > 2); the weights are read
+    exactly once as 32-bit words, consecutive lanes on consecutive words (128 B
+    per warp load), all ``8 x U`` words of a step loaded before use (up to 32
+    independent loads in flight per lane). The quantized activations of a K chunk
+    are staged once per block in shared memory and reused by all its rows; each
+    lane copies those of its words into registers once per step. Partial sums
+    stay in registers over the whole K and are reduced across lanes through
+    shared memory once (the simulator has no shuffles). Nibbles become floats
+    without a conversion instruction (``int_as_float(f | 0x4B000000) = 2^23 + f``).
+    Used when a weight row is a whole number of words; otherwise the tiled kernel
+    runs.
 
 Epilogue (per output channel ``n``; identical in every backend):
 
@@ -83,14 +87,26 @@ TX = BN // TN  # 16 threads along n
 TY = BM // TM  # 16 threads along m
 NTHREADS = TX * TY  # 256
 TILE = (BM, BN, BK)
-TILES = {False: (64, 64, 4, 4), True: (128, 128, 8, 8)}  # (BM, BN, TM, TN) per tile size
+# (BM, BN, TM, TN) per tile config; every config runs 16 x 16 = 256 threads per block
+TILES = {"tiled32": (32, 32, 2, 2), "tiled64": (64, 64, 4, 4), "tiled128": (128, 128, 8, 8)}
+TILE_NAMES = tuple(TILES)
 
 GEMV_MAX_M = 4
 GEMV_WARPS = 8
-GEMV_RPW = 4  # rows (output channels) per warp
-GEMV_ROWS = GEMV_WARPS * GEMV_RPW  # 32 rows per block
 GEMV_SMEM_WORDS = 6144  # float32/int32 words of staged activations per block
 
+
+def _gemv_rpw(mrows):
+    """Rows (output channels) per warp: 8 for M <= 2 (64 rows per block), else 4."""
+    return 8 if mrows <= 2 else 4
+
+
+def _gemv_rows(mrows):
+    """Output channels per GEMV block."""
+    return GEMV_WARPS * _gemv_rpw(mrows)
+
+
+GEMV_ROWS = _gemv_rows(1)  # 64 rows per block at M = 1
 _OUT_FLOAT, _OUT_CODE, _OUT_ACC, _OUT_PARTIAL = 0, 1, 2, 3
 PAD = 1  # shared-memory row padding (bank conflicts of the transposed tile stores)
 
@@ -135,14 +151,17 @@ def _epilogue_value(acc, integer, scale_a, scale_w, bias, relu):
 
 # ------------------------------------------------------------ tiled kernel
 @functools.lru_cache(maxsize=None)
-def _tiled_kernel(integer, packed, out_kind, big=False):
-    """The tiled fused kernel specialised on (mode, weight layout, output kind, tile size).
+def _tiled_kernel(integer, packed, out_kind, tile="tiled64"):
+    """The tiled fused kernel specialised on (mode, weight layout, output kind, tile config).
 
-    ``big=False``: 64 x 64 tile, 4 x 4 outputs per thread; ``big=True``: 128 x 128
-    tile, 8 x 8 outputs per thread (twice the multiply-adds per shared-memory load
-    and per quantized activation; used when the output has enough tiles).
+    ``tile``: ``"tiled32"`` (32 x 32 tile, 2 x 2 outputs per thread: more blocks for
+    small outputs), ``"tiled64"`` (64 x 64, 4 x 4) or ``"tiled128"`` (128 x 128,
+    8 x 8; only when forced). ``True`` / ``False`` are accepted for ``"tiled128"`` /
+    ``"tiled64"``.
     """
-    bm, bn, tm, tn = TILES[bool(big)]
+    if isinstance(tile, bool):
+        tile = "tiled128" if tile else "tiled64"
+    bm, bn, tm, tn = TILES[tile]
     txn, tyn = bn // tn, bm // tm  # 16 x 16 threads either way
     bmp, bnp = bm + PAD, bn + PAD
     sdt = numba.int32 if integer else numba.float32
@@ -316,36 +335,45 @@ def _splitk_reduce_kernel(integer, out_kind):
 
 # ------------------------------------------------------------- GEMV kernel
 def _gemv_unroll(mrows, per_word):
-    """32-bit words per lane per row and warp step: activations held in registers <= 64."""
-    return max(1, min(8, 64 // (per_word * mrows)))
+    """32-bit words per lane, row and warp step: staged activations in registers <= 32."""
+    return max(1, min(4, 32 // (per_word * mrows)))
 
 
 @functools.lru_cache(maxsize=None)
 def _gemv_kernel(integer, packed, out_kind, mrows):
     """Small-M (``M == mrows <= 4``) kernel reading 32-bit weight words once.
 
-    Block = 8 warps x 4 output rows each. Per K chunk the block stages the centred
-    (integer) or dequantized (mixed) activation codes in shared memory; each warp
-    then walks the chunk in steps of ``32 * U`` words: every lane copies the
-    activations of its ``U`` words into registers once and reuses them for all
-    its rows, so shared memory is read once per ``4 * 8`` multiply-adds, not once
-    per multiply-add. Weight fields are turned into floats without a conversion
-    instruction: ``int_as_float(field | 0x4B000000) == 2**23 + field``; the exact
-    float ``2**23 + offset + z_w`` is subtracted (integer mode multiplies the raw
-    field and subtracts ``(offset + z_w) * sum(a)`` per lane and step, exact in
-    wrapping int32 arithmetic).
+    Block = 8 warps x ``rpw`` output rows each (``rpw = 8`` for M <= 2, else 4).
+    Per K chunk the block stages the centred (integer) or dequantized (mixed)
+    activation codes once in shared memory (quantized once per block and reused
+    by all its rows); each warp then walks the chunk in steps of ``32 * U`` words:
+    consecutive lanes read consecutive words (128 B per warp load), and all
+    ``rpw * U`` words of a step are loaded before any is used, so that many
+    independent loads are in flight per lane. Every lane copies the activations
+    of its ``U`` words into registers once per step and reuses them for all its
+    rows. Partial sums stay in registers for the whole K and are reduced across
+    lanes through shared memory once at the end. Weight fields are turned into
+    floats without a conversion instruction: ``int_as_float(field | 0x4B000000)
+    == 2**23 + field``; the exact float ``2**23 + offset + z_w`` is subtracted
+    (integer mode multiplies the raw field and subtracts ``(offset + z_w) *
+    sum(a)`` once at the end: every per-lane term is far below 2**31).
     """
     sdt = numba.int32 if integer else numba.float32
     per_word = 8 if packed else 4  # codes per 32-bit word
     fbits = 4 if packed else 8
     fmask = 15 if packed else 255
     fxor = 0 if packed else 128  # int8 byte b -> field b ^ 128 = code + 128
+    rpw = _gemv_rpw(mrows)
+    rows = GEMV_WARPS * rpw
     unroll = _gemv_unroll(mrows, per_word)
     nx = unroll * per_word * mrows  # activations per lane held in registers
     chunk_words = (GEMV_SMEM_WORDS // (mrows * per_word)) // (32 * unroll) * (32 * unroll)
     chunk_k = chunk_words * per_word
     nthreads = GEMV_WARPS * 32
-    racc = GEMV_ROWS * mrows
+    stage_iters = -(-chunk_k // nthreads)
+    racc = rows * mrows
+    nacc = rpw * mrows
+    nwv = rpw * unroll
 
     def kernel(x, ww, a_scale, a_zp, a_lo, a_hi, w_zp, w_scale, w_off,
                bias, relu, o_scale, o_zp, o_lo, o_hi, out):
@@ -358,40 +386,61 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
         tid = np.int32(cuda.threadIdx.x)
         warp = np.int32(tid // np.int32(32))
         lane = np.int32(tid % np.int32(32))
-        row0 = np.int32(np.int32(cuda.blockIdx.x) * np.int32(GEMV_ROWS))
-        for r in range(GEMV_RPW):
-            for m in range(mrows):
-                sP[np.int32(np.int32(warp + np.int32(r * GEMV_WARPS)) * np.int32(mrows) + np.int32(m)),
-                   lane] = sdt(0)
+        row0 = np.int32(np.int32(cuda.blockIdx.x) * np.int32(rows))
         xr = cuda.local.array(nx, sdt)
         sx = cuda.local.array(mrows, sdt)
-        part = cuda.local.array(mrows, sdt)
-        wv = cuda.local.array(unroll, numba.uint32)
+        acc = cuda.local.array(nacc, sdt)
+        wv = cuda.local.array(nwv, numba.uint32)
+        fbr = cuda.local.array(rpw, numba.float32)
+        zor = cuda.local.array(rpw, numba.int32)
+        for i in range(nacc):
+            acc[i] = sdt(0)
+        for m in range(mrows):
+            sx[m] = sdt(0)
+        for r in range(rpw):
+            n = np.int32(row0 + warp + np.int32(r * GEMV_WARPS))
+            zo = np.int32(0)
+            if n < N:
+                zo = np.int32(np.int32(w_zp[n]) + np.int32(w_off))
+            zor[r] = zo
+            fbr[r] = np.float32(np.int32(8388608) + zo)  # exact
         for c0 in range(np.int32(0), n_words, np.int32(chunk_words)):
             c0 = np.int32(c0)
             # stage the quantized activations of this chunk (once per block)
-            for e in range(tid, np.int32(chunk_k), np.int32(nthreads)):
-                e = np.int32(e)
-                w = np.int32(e // np.int32(per_word))
-                j = np.int32(e % np.int32(per_word))
-                gk = np.int32(np.int32(c0 * np.int32(per_word)) + e)
-                for m in range(mrows):
-                    v = sdt(0)
+            for it in range(stage_iters):
+                e = np.int32(tid + np.int32(it * nthreads))
+                if e < np.int32(chunk_k):
+                    w = np.int32(e // np.int32(per_word))
+                    j = np.int32(e % np.int32(per_word))
+                    gk = np.int32(np.int32(c0 * np.int32(per_word)) + e)
                     if gk < K:
                         z = np.int32(a_zp[gk])
-                        q = quantize_code(x[m, gk], a_scale[gk], z, a_lo[gk], a_hi[gk])
-                        if integer:
-                            v = np.int32(q - z)
-                        else:
-                            v = np.float32(np.float32(np.int32(q - z)) * a_scale[gk])
-                    sX[m, j, w] = v
+                        s_k = a_scale[gk]
+                        lo = np.int32(a_lo[gk])
+                        hi = np.int32(a_hi[gk])
+                        for m in range(mrows):
+                            q = quantize_code(x[m, gk], s_k, z, lo, hi)
+                            if integer:
+                                sX[m, j, w] = np.int32(q - z)
+                            else:
+                                sX[m, j, w] = np.float32(np.float32(np.int32(q - z)) * s_k)
+                    else:
+                        for m in range(mrows):
+                            sX[m, j, w] = sdt(0)
             cuda.syncthreads()
             c_end = min(n_words, np.int32(c0 + np.int32(chunk_words)))
             for s0 in range(c0, c_end, np.int32(32 * unroll)):
                 s0 = np.int32(s0)
+                # every weight word of this step first (rpw * U independent loads per lane)
+                for r in range(rpw):
+                    n = np.int32(row0 + warp + np.int32(r * GEMV_WARPS))
+                    for u in range(unroll):
+                        wu = np.int32(s0 + lane + np.int32(u * 32))
+                        v = numba.uint32(0)
+                        if n < N and wu < c_end:
+                            v = ww[n, wu]
+                        wv[r * unroll + u] = v
                 # this lane's activations for words s0 + lane + 32 u, into registers
-                for m in range(mrows):
-                    sx[m] = sdt(0)
                 for u in range(unroll):
                     wl = np.int32(np.int32(s0 - c0) + lane + np.int32(u * 32))
                     for j in range(per_word):
@@ -400,40 +449,33 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
                             xr[(u * per_word + j) * mrows + m] = v
                             if integer:
                                 sx[m] = np.int32(sx[m] + v)
-                for r in range(GEMV_RPW):
-                    rl = np.int32(warp + np.int32(r * GEMV_WARPS))
-                    n = np.int32(row0 + rl)
-                    if n < N:
-                        zo = np.int32(np.int32(w_zp[n]) + np.int32(w_off))
-                        fb = np.float32(np.int32(8388608) + zo)  # exact
-                        for u in range(unroll):
-                            wu = np.int32(s0 + lane + np.int32(u * 32))
-                            wv[u] = numba.uint32(0)
-                            if wu < c_end:
-                                wv[u] = ww[n, wu]
-                        for m in range(mrows):
-                            part[m] = sdt(0)
-                        for u in range(unroll):
-                            word = wv[u]
-                            for j in range(per_word):
-                                f = np.int32(np.int32(np.uint32(word >> np.uint32(fbits * j))
-                                                      & np.uint32(fmask)) ^ np.int32(fxor))
-                                if integer:
-                                    for m in range(mrows):
-                                        part[m] = np.int32(part[m] + np.int32(
-                                            xr[(u * per_word + j) * mrows + m] * f))
-                                else:
-                                    cw = np.float32(_magic_float(f) - fb)
-                                    for m in range(mrows):
-                                        part[m] = part[m] + xr[(u * per_word + j) * mrows + m] * cw
-                        for m in range(mrows):
-                            i = np.int32(rl * np.int32(mrows) + np.int32(m))
+                for r in range(rpw):
+                    fb = fbr[r]
+                    for u in range(unroll):
+                        word = wv[r * unroll + u]
+                        for j in range(per_word):
+                            f = np.int32(np.int32(np.uint32(word >> np.uint32(fbits * j))
+                                                  & np.uint32(fmask)) ^ np.int32(fxor))
                             if integer:
-                                sP[i, lane] = np.int32(sP[i, lane] + np.int32(part[m] - np.int32(zo * sx[m])))
+                                for m in range(mrows):
+                                    acc[r * mrows + m] = np.int32(acc[r * mrows + m] + np.int32(
+                                        xr[(u * per_word + j) * mrows + m] * f))
                             else:
-                                sP[i, lane] = sP[i, lane] + part[m]
+                                cw = np.float32(_magic_float(f) - fb)
+                                for m in range(mrows):
+                                    acc[r * mrows + m] = acc[r * mrows + m] + \
+                                        xr[(u * per_word + j) * mrows + m] * cw
             cuda.syncthreads()
-        # reduce the 32 lane partials of every (row, m) through shared memory
+        # lane partials -> shared memory -> one sum per (row, m)
+        for r in range(rpw):
+            rl = np.int32(warp + np.int32(r * GEMV_WARPS))
+            for m in range(mrows):
+                if integer:
+                    sP[np.int32(rl * np.int32(mrows) + np.int32(m)), lane] = np.int32(
+                        acc[r * mrows + m] - np.int32(zor[r] * sx[m]))
+                else:
+                    sP[np.int32(rl * np.int32(mrows) + np.int32(m)), lane] = acc[r * mrows + m]
+        cuda.syncthreads()
         if tid < np.int32(racc):
             rl = np.int32(tid // np.int32(mrows))
             m = np.int32(tid % np.int32(mrows))
@@ -529,7 +571,7 @@ class CudaQGemm:
         ``integer`` needs one activation scale and zero point for all k.
     split_k : int, optional
         Force the split-K factor of the tiled kernels (default: automatic).
-    tile : {None, "tiled64", "tiled128"}
+    tile : {None, "tiled32", "tiled64", "tiled128"}
         Force a tiled kernel (default: automatic, ``gemv`` for M <= 4).
     """
 
@@ -541,9 +583,10 @@ class CudaQGemm:
         if split_k is not None and (isinstance(split_k, bool) or int(split_k) != split_k or split_k < 1):
             raise ValueError(f"split_k must be None or a positive integer, got {split_k!r}")
         self.split_k = split_k
-        if tile not in (None, "tiled64", "tiled128"):
-            raise ValueError(f"tile must be None, 'tiled64' or 'tiled128', got {tile!r}")
+        if tile not in (None,) + TILE_NAMES:
+            raise ValueError(f"tile must be None or one of {TILE_NAMES}, got {tile!r}")
         self.tile = tile
+        self._part, self._part_key = None, None
         self._sms = _sm_count()
         k = int(weights.k)
         n = int(weights.n)
@@ -627,19 +670,22 @@ class CudaQGemm:
         """``(path, splits, k_split)`` for ``M = m``.
 
         ``path`` is ``"gemv"`` (``m <= 4`` and weight rows of whole 32-bit words),
-        ``"tiled128"`` (128 x 128 tiles, when they make at least two per SM) or
-        ``"tiled64"``. A 64-tile launch with fewer tiles than SMs splits K over
+        ``"tiled64"`` when 64 x 64 tiles make at least two blocks per SM, else
+        ``"tiled32"`` (32 x 32 tiles: four times the blocks). ``"tiled128"`` only
+        when forced (``tile=``): on an H200 it was slower than ``tiled64`` on every
+        ResNet-50 shape. A launch with fewer tiles than SMs splits K over
         ``splits = min(ceil(2 SMs / tiles), ceil(K / 128))`` blocks of ``k_split``
         (a multiple of the K-tile) whose partials a second small kernel reduces in
-        fixed order.
+        fixed order (into a scratch buffer the plan keeps).
         """
         if 1 <= m <= GEMV_MAX_M and self._ww is not None and self.tile is None:
             return "gemv", 1, self.k
         if self.tile is not None:
-            big = self.tile == "tiled128"
+            path = self.tile
         else:
-            big = math.ceil(self.n / 128) * math.ceil(m / 128) >= 2 * self._sms
-        bm, bn = TILES[big][:2]
+            t64 = math.ceil(self.n / 64) * math.ceil(m / 64)
+            path = "tiled64" if t64 >= 2 * self._sms else "tiled32"
+        bm, bn = TILES[path][:2]
         if self.split_k is not None:
             splits = int(self.split_k)
         else:
@@ -649,12 +695,27 @@ class CudaQGemm:
                 splits = max(1, min(math.ceil(2 * self._sms / tiles), math.ceil(self.k / (8 * BK))))
         k_split = math.ceil(math.ceil(self.k / max(splits, 1)) / BK) * BK
         splits = math.ceil(self.k / k_split)
-        return ("tiled128" if big else "tiled64"), splits, (k_split if splits > 1 else self.k)
+        return path, splits, (k_split if splits > 1 else self.k)
+
+    def _partials(self, splits, m):
+        """The split-K scratch ``[splits, m, n]``, allocated once per shape and reused.
+
+        A per-call ``cuda.device_array`` here cost ~0.6 ms per call on an H200
+        (allocation / deferred frees synchronise the device).
+        """
+        key = (splits, m)
+        if self._part_key != key:
+            self._part = cuda.device_array((splits, m, self.n), np.int32 if self.integer else np.float32)
+            self._part_key = key
+        return self._part
 
     def __call__(self, x, *, out=None, accumulator=False):
         """Run the op on ``x`` float32 ``[M, K]``; see :func:`qgemm`.
 
         ``accumulator=True`` (integer mode) returns the int32 accumulators instead.
+        No host round trip and no device allocation on the hot path when ``x`` and
+        ``out`` are device arrays (the split-K scratch is kept by the plan, so one
+        plan must not be called concurrently from several streams/threads).
         """
         if accumulator and not self.integer:
             raise ValueError("mode: accumulators are only defined for mode='integer'")
@@ -667,19 +728,18 @@ class CudaQGemm:
         k_split = np.int32(k_split)
         if path == "gemv":
             kern = _gemv_kernel(self.integer, self.packed, kind, m)
-            kern[(math.ceil(self.n / GEMV_ROWS),), (GEMV_WARPS * 32,)](
+            kern[(math.ceil(self.n / _gemv_rows(m)),), (GEMV_WARPS * 32,)](
                 xd, self._ww, *self._a, *self._w_gemv, self._bias, self.relu, *self._o, od)
         else:
-            big = path == "tiled128"
-            bm, bn = TILES[big][:2]
+            bm, bn = TILES[path][:2]
             grid = (math.ceil(self.n / bn), math.ceil(m / bm), splits)
             if splits == 1:
-                kern = _tiled_kernel(self.integer, self.packed, kind, big)
+                kern = _tiled_kernel(self.integer, self.packed, kind, path)
                 kern[grid, (TX, TY)](xd, self._wq, *self._a, *self._w, self._bias, self.relu,
                                      *self._o, k_split, od)
             else:
-                part = cuda.device_array((splits, m, self.n), np.int32 if self.integer else np.float32)
-                kern = _tiled_kernel(self.integer, self.packed, _OUT_PARTIAL, big)
+                part = self._partials(splits, m)
+                kern = _tiled_kernel(self.integer, self.packed, _OUT_PARTIAL, path)
                 kern[grid, (TX, TY)](xd, self._wq, *self._a, *self._w, self._bias, self.relu,
                                      *self._o, k_split, part)
                 red = _splitk_reduce_kernel(self.integer, kind)

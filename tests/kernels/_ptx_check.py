@@ -11,13 +11,13 @@ report on stdout::
                   "cvt_rni": true, "div_rn_f32": true, "div_approx": false, ...}, ...],
      "errors": []}
 
-Every specialisation the host code can launch is compiled: the tiled kernel (64 and
+Every specialisation the host code can launch is compiled: the tiled kernel (32, 64 and
 128 tiles) for
 {integer, mixed} x {int8, packed int4} weights x {float32, uint8 codes, int32
 accumulators (integer only), split-K partials}, the split-K reduction for each
-output kind, and the small-M kernel for the same at M = 4 (its
-largest register use; also M = 1 for float32 output), with the argument types the
-host passes. M = 2, 3 differ from these only in a loop bound.
+output kind, and the small-M kernel for the same at M = 4 and (float32 output) M = 1, 2
+(8 rows per warp for M <= 2, 4 above), with the argument types the
+host passes. M = 3 differs from M = 4 only in loop bounds.
 
 Usage: ``python tests/kernels/_ptx_check.py [--cc 80 90] [--keep DIR] [--float-only]``
 """
@@ -78,17 +78,17 @@ def variants():
                     continue
                 tag = f"{'integer' if integer else 'mixed'}-{'int4' if packed else 'int8'}-{kname}"
                 wdt = T.uint8 if packed else T.int8
-                for big in (False, True):
-                    result.append((f"tiled{128 if big else 64}-{tag}", kc._tiled_kernel(integer, packed, kind, big),
+                for tile in kc.TILE_NAMES:
+                    result.append((f"{tile}-{tag}", kc._tiled_kernel(integer, packed, kind, tile),
                                    sig(wdt, a2(odt), True)))
-                for m in ((1, kc.GEMV_MAX_M) if kind == kc._OUT_FLOAT else (kc.GEMV_MAX_M,)):
+                for m in ((1, 2, kc.GEMV_MAX_M) if kind == kc._OUT_FLOAT else (kc.GEMV_MAX_M,)):
                     result.append((f"gemv{m}-{tag}", kc._gemv_kernel(integer, packed, kind, m),
                                    sig(T.uint32, a2(odt), False)))
             part = T.int32 if integer else T.float32
-            for big in (False, True):
-                result.append((f"tiled{128 if big else 64}-{'integer' if integer else 'mixed'}-"
+            for tile in kc.TILE_NAMES:
+                result.append((f"{tile}-{'integer' if integer else 'mixed'}-"
                                f"{'int4' if packed else 'int8'}-partial",
-                               kc._tiled_kernel(integer, packed, kc._OUT_PARTIAL, big), sig(wdt, a3(part), True)))
+                               kc._tiled_kernel(integer, packed, kc._OUT_PARTIAL, tile), sig(wdt, a3(part), True)))
         for kind, (kname, odt) in outs.items():
             if kind == kc._OUT_ACC and not integer:
                 continue

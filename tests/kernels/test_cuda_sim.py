@@ -17,6 +17,7 @@ bit. Mixed mode: float32 outputs within ``1e-5`` of the output's max magnitude
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -81,10 +82,11 @@ def _x(rng, m, k, scale=1.0):
 if REAL:  # (M, N, K, weight bits, packed): ResNet-50-like shapes and odd ones
     SHAPES = [(1, 1000, 2048, 4, True), (3, 512, 4608, 4, True), (8, 64, 147, 4, True),
               (49, 512, 4608, 4, True), (196, 256, 2304, 8, False), (784, 128, 1152, 4, True),
-              (2, 256, 1024, 8, False), (130, 70, 33, 3, True)]
+              (2, 256, 1024, 8, False), (130, 70, 33, 3, True), (1, 300, 13000, 4, True)]
 else:  # tiny: gemv (row = whole 32-bit words) and tiled paths, non-tile-multiple sizes
     SHAPES = [(1, 5, 16, 4, True), (3, 33, 24, 8, False), (4, 9, 7, 2, True),
-              (2, 3, 10, 8, False), (17, 9, 21, 3, True), (40, 66, 18, 4, True)]
+              (2, 3, 10, 8, False), (17, 9, 21, 3, True), (40, 66, 18, 4, True),
+              (1, 70, 6400, 4, True)]  # gemv over two K chunks, two row blocks
 ACT_CASES = [((4,), False), ((8,), True), ((2, 3, 4, 8), False), ((3,), True)]
 
 
@@ -178,7 +180,7 @@ def test_split_k_matches_reference(mode):
     x = _x(rng, m, k)
     plan = kc.CudaQGemm(w, a, mode=mode, split_k=3)
     path, splits, k_split = plan.kernel_for(m)
-    assert path == "tiled64" and splits == 3 and k_split % kc.TILE[2] == 0
+    assert path in ("tiled32", "tiled64") and splits == 3 and k_split % kc.TILE[2] == 0
     r = ref.qgemm(x, w, a, mode=mode)
     if mode == "integer":
         np.testing.assert_array_equal(plan(x, accumulator=True), ref.qgemm_int32(x, w, a))
@@ -192,23 +194,29 @@ def test_split_k_matches_reference(mode):
 
 
 @child_only
+@pytest.mark.parametrize("tile", ["tiled128", "tiled32"])
 @pytest.mark.parametrize("mode", ["integer", "mixed"])
-def test_big_tiles_match_reference(mode):
-    """128 x 128 tiles (8 x 8 outputs per thread), forced; M, N not tile multiples."""
+def test_big_tiles_match_reference(mode, tile):
+    """128 x 128 (8 x 8 outputs per thread) and 32 x 32 (2 x 2) tiles, forced; M, N not tile multiples."""
     kc, ref, spec = _mods()
     rng = np.random.default_rng(12)
     m, n, k = (130, 20, 18) if not REAL else (1000, 300, 576)
+    if tile == "tiled32" and not REAL:
+        m, n, k = (45, 37, 40)
     w = _weights(rng, n, k, 4, True)
     a = _act(rng, k, (4,), False, per_tensor=(mode == "integer"))
     x = _x(rng, m, k)
     ep = spec.Epilogue(bias=rng.standard_normal(n).astype(np.float32), relu=True)
-    plan = kc.CudaQGemm(w, a, mode=mode, epilogue=ep, tile="tiled128")
-    assert plan.kernel_for(m)[0] == "tiled128"
+    plan = kc.CudaQGemm(w, a, mode=mode, epilogue=ep, tile=tile)
+    assert plan.kernel_for(m)[0] == tile
     r = ref.qgemm(x, w, a, mode=mode, epilogue=ep)
     if mode == "integer":
         np.testing.assert_array_equal(plan(x), r)
-        np.testing.assert_array_equal(kc.CudaQGemm(w, a, mode=mode, tile="tiled128", split_k=2)(
-            x, accumulator=True), ref.qgemm_int32(x, w, a))
+        split = kc.CudaQGemm(w, a, mode=mode, tile=tile, split_k=2)
+        np.testing.assert_array_equal(split(x, accumulator=True), ref.qgemm_int32(x, w, a))
+        # the plan keeps its split-K scratch: a second call (and another M) reuses / replaces it
+        np.testing.assert_array_equal(split(x, accumulator=True), ref.qgemm_int32(x, w, a))
+        np.testing.assert_array_equal(split(x[:7], accumulator=True), ref.qgemm_int32(x[:7], w, a))
     else:
         np.testing.assert_allclose(plan(x), r, rtol=0, atol=1e-5 * float(np.abs(r).max()))
 
@@ -256,13 +264,28 @@ def test_paths_cover_gemv_and_tiled():
     rng = np.random.default_rng(0)
     a = _act(rng, 16, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(1)[0] == "gemv"
-    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kc.GEMV_MAX_M + 1)[0] == "tiled64"
+    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kc.GEMV_MAX_M + 1)[0] == "tiled32"
     a7 = _act(rng, 7, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 7, 4, True), a7).kernel_for(1)[0] == "gemv"  # 4-byte rows
     a5 = _act(rng, 5, (4,), False, per_tensor=True)
-    assert kc.CudaQGemm(_weights(rng, 4, 5, 8, False), a5).kernel_for(1)[0] == "tiled64"  # 5-byte rows
+    assert kc.CudaQGemm(_weights(rng, 4, 5, 8, False), a5).kernel_for(1)[0] == "tiled32"  # 5-byte rows
     big = kc.CudaQGemm(_weights(rng, 2000, 16, 4, True), a)
-    assert big.kernel_for(2000)[0] == "tiled128"  # >= 2 big tiles per SM (4 SMs simulated)
+    # 64 x 64 tiles when they make >= 2 blocks per SM (4 SMs simulated, 132 on an H100/H200), else 32 x 32;
+    # 128 x 128 only when forced
+    for m in (2000, 100, 5):
+        t64 = math.ceil(2000 / 64) * math.ceil(m / 64)
+        path, splits, _ = big.kernel_for(m)
+        assert path == ("tiled64" if t64 >= 2 * big._sms else "tiled32"), (m, big._sms)
+        tiles = math.ceil(2000 / kc.TILES[path][1]) * math.ceil(m / kc.TILES[path][0])
+        assert (splits > 1) == (tiles < big._sms and big.k > kc.BK), (m, splits)
+    sms = big._sms
+    assert sms == (4 if kc._SIM else kc._sm_count())
+    big._sms = 4  # the simulator's count: 32 x 2 blocks of 64 x 64 fill 4 SMs (M = 100, N = 2000)
+    assert big.kernel_for(100)[0] == "tiled64"
+    big._sms = 132  # an H100/H200: 64 blocks of 64 x 64 are too few, 32 x 32 tiles
+    assert big.kernel_for(100)[0] == "tiled32"
+    assert big.kernel_for(2000)[0] == "tiled64"  # 1024 blocks of 64 x 64
+    big._sms = sms
 
 
 @child_only

@@ -46,7 +46,7 @@ def test_every_kernel_compiles_and_assembles(reports):
         assert rep["n_variants"] >= (16 if rep["float_only"] else 40)
         assert len(rep["kernels"]) == rep["n_variants"], cc
         assert {k["cc"] for k in rep["kernels"]} == {f"sm_{cc}"}
-        kinds = {"tiled64", "tiled128", "gemv1", "gemv4", "splitk"}
+        kinds = {"tiled32", "tiled64", "tiled128", "gemv1", "gemv2", "gemv4", "splitk"}
         assert {k["name"].split("-")[0] for k in rep["kernels"]} == kinds
 
 
