@@ -12,13 +12,15 @@ The numba times include everything the op does per call (quantizing the float32
 input, the GEMM, the epilogue, NCHW output); weights are prepared once (a
 ``QuantConv2d`` / ``QuantLinear`` layer), as torch's are. ``ratio`` is torch time
 / numba time (1.0 = as fast as torch float; the aim is >= 0.5). Timings are
-medians of repeats after a warm-up call (which also compiles). Ratios are from one
-run on a shared machine: compare within a row, not across runs.
+medians of interleaved repeats after a warm-up call (which also compiles); the
+bracket after a ratio is the 25th-75th percentile of the per-round ratios (the
+spread on a shared machine). Compare within a row, not across runs.
 
 Usage::
 
     python benchmarks/bench_kernels_cpu.py            # all shapes, batch 1 and 32
     python benchmarks/bench_kernels_cpu.py --quick    # fewer shapes / repeats
+    python benchmarks/bench_kernels_cpu.py --threads 1 2   # one table per thread count
     python benchmarks/bench_kernels_cpu.py --json out.json   (or --json - for stdout)
 """
 from __future__ import annotations
@@ -47,10 +49,11 @@ SHAPES = [
 QUICK = {"3x3 64->64 @56", "3x3 512->512 @7", "fc 2048->1000"}
 
 
-def _median_times(fns, *, min_reps: int, budget_s: float) -> list[float]:
-    """Median wall time of each callable, run interleaved (one call of each per round).
+def _round_times(fns, *, min_reps: int, budget_s: float) -> np.ndarray:
+    """Wall times ``[round, contender]``, run interleaved (one call of each per round).
 
-    Interleaving spreads the noise of a shared machine evenly over the contenders.
+    Interleaving spreads the noise of a shared machine evenly over the contenders,
+    and the per-round ratios give the spread of a ratio.
     """
     for fn in fns:
         fn()  # warm-up (compiles the first time)
@@ -61,7 +64,7 @@ def _median_times(fns, *, min_reps: int, budget_s: float) -> list[float]:
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-    return [float(np.median(ts)) for ts in times]
+    return np.array(times).T
 
 
 def _layers(kind, cin, cout, k, s, p, rng):
@@ -106,22 +109,29 @@ def run(quick: bool, threads: int):
                 xt, wt, bt = torch.from_numpy(x), torch.from_numpy(wf), torch.from_numpy(bias)
                 ref = lambda: F.relu(F.linear(xt, wt, bt))  # noqa: E731
                 flops = 2 * batch * cout * cin
-            t_torch, t_int, t_mix = _median_times([ref, lambda: lay_int(x), lambda: lay_mix(x)],
-                                                  min_reps=min_reps, budget_s=budget)
-            rows.append(dict(shape=name, batch=batch, gflop=flops / 1e9, torch_ms=1e3 * t_torch,
-                             integer_ms=1e3 * t_int, mixed_ms=1e3 * t_mix,
-                             ratio_integer=t_torch / t_int, ratio_mixed=t_torch / t_mix))
+            ts = _round_times([ref, lambda: lay_int(x), lambda: lay_mix(x)],
+                              min_reps=min_reps, budget_s=budget)
+            t_torch, t_int, t_mix = np.median(ts, axis=0)
+            r_int, r_mix = ts[:, 0] / ts[:, 1], ts[:, 0] / ts[:, 2]
+            rows.append(dict(shape=name, batch=batch, threads=threads, gflop=flops / 1e9,
+                             torch_ms=1e3 * t_torch, integer_ms=1e3 * t_int, mixed_ms=1e3 * t_mix,
+                             ratio_integer=t_torch / t_int, ratio_mixed=t_torch / t_mix,
+                             # spread: 25th-75th percentile of the per-round ratios
+                             ratio_integer_iqr=[float(v) for v in np.percentile(r_int, [25, 75])],
+                             ratio_mixed_iqr=[float(v) for v in np.percentile(r_mix, [25, 75])],
+                             rounds=len(ts)))
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both")
+    ap.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count()],
+                    help="thread counts (torch and numba alike); one table each")
     ap.add_argument("--json", metavar="PATH", help="write the rows as JSON ('-' = stdout)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    rows = run(args.quick, args.threads)
+    rows = [r for t in args.threads for r in run(args.quick, t)]
     meta = dict(threads=args.threads, cpu=platform.processor() or platform.machine(),
                 torch=torch.__version__, numba=numba.__version__,
                 seconds=round(time.perf_counter() - t0, 1))
@@ -133,15 +143,23 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             fh.write(text + "\n")
     hdr = (f"{'shape':<24} {'batch':>5} {'GFLOP':>7} {'torch ms':>9} {'int ms':>9} "
-           f"{'mixed ms':>9} {'ratio int':>9} {'ratio mix':>9}")
-    print(f"# numba fused op vs torch float, {args.threads} threads "
-          "(ratio = torch time / numba time)")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        print(f"{r['shape']:<24} {r['batch']:>5} {r['gflop']:>7.3f} {r['torch_ms']:>9.2f} "
-              f"{r['integer_ms']:>9.2f} {r['mixed_ms']:>9.2f} {r['ratio_integer']:>9.2f} "
-              f"{r['ratio_mixed']:>9.2f}")
+           f"{'mixed ms':>9} {'ratio int [IQR]':>20} {'ratio mix [IQR]':>20}")
+
+    def fmt(r, key):
+        lo, hi = r[key + "_iqr"]
+        return f"{r[key]:.2f} [{lo:.2f}-{hi:.2f}]"
+
+    for threads in args.threads:
+        print(f"# numba fused op vs torch float, {threads} thread(s) "
+              "(ratio = torch time / numba time)")
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            if r["threads"] != threads:
+                continue
+            print(f"{r['shape']:<24} {r['batch']:>5} {r['gflop']:>7.3f} {r['torch_ms']:>9.2f} "
+                  f"{r['integer_ms']:>9.2f} {r['mixed_ms']:>9.2f} {fmt(r, 'ratio_integer'):>20} "
+                  f"{fmt(r, 'ratio_mixed'):>20}")
     print(f"# {meta}")
 
 

@@ -19,9 +19,13 @@ How each backend lowers the conv (chosen by measurement, see the report of
 * ``reference``: explicit numpy im2col, then :func:`aciq.kernels.reference.qgemm`
   per group -- clear, slow, the oracle;
 * ``cpu``: implicit GEMM (:class:`aciq.kernels.cpu.CpuQGemm`): the input is
-  quantized once per element into a padded NHWC tensor of codes and each task
-  gathers its im2col tile from it into cache-resident scratch; an explicit
-  im2col would write and re-read ``kh * kw`` times the input;
+  quantized once per element into a zero-padded tensor of codes, and each task
+  gathers its im2col tile from it into cache-resident scratch (an explicit
+  im2col would write and re-read ``kh * kw`` times the input). Two
+  orientations: *pixels* (vector along output pixels, NCHW codes; stride-1
+  convs on wide maps skip the gather altogether as ``kh * kw`` shifted GEMMs
+  over the padded planes, 1x1 stride-1 convs use the codes in place) and
+  *channels* (vector along output channels, NHWC codes; few output pixels);
 * ``cuda``: im2col on the device (a small gather kernel, one group at a time),
   the CUDA fused GEMM, and a scatter to NCHW.
 

@@ -1,7 +1,8 @@
 """Numba CPU backend == the numpy reference (bit-exact in integer mode, tolerance in mixed).
 
-Shapes are small but cross every tile boundary of the CPU kernel (64-row M-tiles,
-256-wide K-blocks, 64-column N-blocks, 4-row x 2-k microkernel remainders).
+Shapes are small but cross tile boundaries of the CPU kernel (M-tiles, 64- and 256-wide
+K-blocks, 8-row x 4-k microkernel remainders); both conv orientations and the threaded
+drivers are checked too.
 """
 from __future__ import annotations
 
@@ -138,3 +139,86 @@ def test_cpu_rejects_bad_input(rng, ops):
         cpu.CpuQGemm(w.codes, act)
     with pytest.raises(ValueError, match="groups"):
         cpu.CpuQGemm(w, act, groups=3, kernel_size=(1, 1))
+
+
+# ------------------------------------------------- conv orientations and threads
+# (batch, C, H, W, O, kh, kw, stride, padding, dilation, groups)
+CONV_GEOMS = [
+    (2, 5, 9, 11, 6, 3, 3, 1, 1, 1, 1),      # pixel tiles span images
+    (3, 4, 12, 12, 5, 1, 1, 1, 0, 1, 1),     # 1x1 direct path (Q used in place)
+    (2, 3, 17, 15, 9, 7, 7, 2, 3, 1, 1),     # conv1-like, strided gather
+    (1, 6, 10, 10, 6, 3, 3, 1, 2, 2, 3),     # dilation + groups
+    (2, 4, 8, 8, 4, 3, 3, 2, 1, 1, 4),       # depthwise, stride 2
+    (1, 300, 6, 6, 20, 1, 3, 1, (0, 1), 1, 1),  # K > one K-block, rectangular kernel
+    (2, 5, 14, 40, 6, 3, 3, 1, 1, 1, 1),     # stride 1, wide: shifted GEMMs, tiles split rows
+    (1, 6, 9, 36, 6, 3, 3, 1, (1, 2), 2, 3),  # shifted GEMMs with dilation and groups
+    (1, 270, 5, 34, 3, 3, 1, 1, (1, 0), 1, 1),  # shifted GEMMs, C > one K-block
+]
+
+
+def _conv_case(rng, ops, geom, *, per_channel, abits=(4, 8)):
+    nb, c, h, wd, o, kh, kw, s, p, d, g = geom
+    act = ops.act(rng, c, bits=abits, signed=False, per_channel=per_channel)
+    w = ops.weights(rng, o, (c // g) * kh * kw, bits=4, zero_point=True)
+    x = ops.x(rng, nb * h * wd, c, act).reshape(nb, h, wd, c).transpose(0, 3, 1, 2)
+    kw_ = dict(stride=s, padding=p, dilation=d, groups=g, kernel_size=(kh, kw))
+    return np.ascontiguousarray(x), w, act, kw_
+
+
+def _plan_conv(plan, x, kw_, orientation, **extra):
+    from aciq.kernels.conv import pair
+    return plan.conv2d(x, stride=pair(kw_["stride"], "s", low=1),
+                       padding=pair(kw_["padding"], "p", low=0),
+                       dilation=pair(kw_["dilation"], "d", low=1), orientation=orientation, **extra)
+
+
+@pytest.mark.parametrize("threads,serial_flop", [(1, None), (2, 0)])
+@pytest.mark.parametrize("geom", CONV_GEOMS)
+def test_conv_orientations_integer_exact(rng, ops, monkeypatch, geom, threads, serial_flop):
+    """Both conv orientations, serial and threaded drivers == the reference bit for bit."""
+    import numba
+
+    from aciq.kernels import qconv2d
+    if serial_flop is not None:
+        monkeypatch.setattr(cpu, "SERIAL_FLOP", serial_flop)  # force the parallel drivers
+    x, w, act, kw_ = _conv_case(rng, ops, geom, per_channel=False)
+    e = Epilogue(bias=rng.normal(size=w.n).astype(np.float32), relu=True, out_bits=8,
+                 out_scale=0.3, out_zero_point=-5, out_signed=True)
+    want_acc = qconv2d(x, w, act, mode="integer", accumulator=True, backend="reference", **kw_)
+    want_q = qconv2d(x, w, act, mode="integer", epilogue=e, backend="reference", **kw_)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        plan = cpu.CpuQGemm(w, act, epilogue=e, mode="integer", groups=kw_["groups"],
+                            kernel_size=kw_["kernel_size"])
+        for orient in ("pixels", "channels"):
+            np.testing.assert_array_equal(_plan_conv(plan, x, kw_, orient, accumulator=True),
+                                          want_acc)
+            np.testing.assert_array_equal(_plan_conv(plan, x, kw_, orient), want_q)
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.parametrize("geom", CONV_GEOMS[::2])
+def test_conv_orientations_mixed_close(rng, ops, monkeypatch, geom):
+    from aciq.kernels import qconv2d
+    monkeypatch.setattr(cpu, "SERIAL_FLOP", 0)
+    x, w, act, kw_ = _conv_case(rng, ops, geom, per_channel=True, abits=(2, 3, 8))
+    e = Epilogue(bias=rng.normal(size=w.n).astype(np.float32))
+    want = qconv2d(x, w, act, mode="mixed", epilogue=e, backend="reference", **kw_)
+    plan = cpu.CpuQGemm(w, act, epilogue=e, mode="mixed", groups=kw_["groups"],
+                        kernel_size=kw_["kernel_size"])
+    for orient in ("pixels", "channels"):
+        _close(_plan_conv(plan, x, kw_, orient), want)
+    with pytest.raises(ValueError, match="orientation"):
+        _plan_conv(plan, x, kw_, "rows")
+
+
+def test_linear_threaded_driver_exact(rng, ops, monkeypatch):
+    """The parallel channels driver (tasks split along M and N) == the reference."""
+    monkeypatch.setattr(cpu, "SERIAL_FLOP", 0)
+    act = ops.act(rng, 300, bits=(2, 8), signed=True, per_channel=False)
+    w = ops.weights(rng, 70, 300, bits=8, zero_point=True)
+    for m in (1, 33, 300):
+        x = ops.x(rng, m, 300, act)
+        np.testing.assert_array_equal(cpu.qgemm_int32(x, w, act), ref.qgemm_int32(x, w, act))
