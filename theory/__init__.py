@@ -1,0 +1,38 @@
+"""aciq.theory: the mathematics of analytical post-training quantization.
+
+Pure functions of numpy/scipy (sympy only in :mod:`.derivation`, matplotlib only in
+:mod:`.figures`; neither is imported here). Units: ``alpha`` and ``scale`` share units
+(b for Laplace, sigma for Gauss); MSE is absolute (scale squared times the unit value).
+
+Modules
+-------
+clipping    the paper's model (eq. 5) and its optimal alpha (eq. 6), any real bit-width
+derivation  sympy derivation of the model from the densities
+priors      densities, samples, closed-form partial moments
+grids       the quantizers that really run and their exact error and optimum
+limits      Lloyd-Max and the rate-distortion function
+empirical   seeded Monte Carlo and the error on any real array
+allocation  per-channel bin and bit allocation (eq. 10, 11)
+stats       robust scale estimates, prior choice, generalized-Gaussian fit
+bias        bias correction (eq. 12, 13)
+tables, figures, cli
+"""
+from ._common import GRIDS, PRIORS, ClippingResult
+from .allocation import Allocation, allocate
+from .bias import channel_bias, correct_bias, correction_terms
+from .clipping import clipping_error, model_mse, optimal_alpha, quantization_noise
+from .empirical import EmpiricalResult, empirical_mse, monte_carlo_mse
+from .grids import analytic_gap, exact_mse, grid_cells, optimal_alpha_exact, quantize
+from .limits import lloyd_max, rate_distortion, to_db
+from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
+
+__all__ = [
+    "GRIDS", "PRIORS", "ClippingResult",
+    "clipping_error", "quantization_noise", "model_mse", "optimal_alpha",
+    "exact_mse", "optimal_alpha_exact", "analytic_gap", "grid_cells", "quantize",
+    "lloyd_max", "rate_distortion", "to_db",
+    "EmpiricalResult", "empirical_mse", "monte_carlo_mse",
+    "Allocation", "allocate",
+    "estimate_scale", "channel_stats", "choose_prior", "fit_generalized_gaussian",
+    "channel_bias", "correct_bias", "correction_terms",
+]

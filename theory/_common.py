@@ -12,9 +12,10 @@ import numpy as np
 PRIORS = ("laplace", "gauss")
 """Priors the closed forms know: Laplace(0, b) and Gaussian(0, sigma)."""
 
-GRIDS = ("model", "midrise", "gemmlowp", "symmetric")
+GRIDS = ("model", "midrise", "gemmlowp", "symmetric", "midtread")
 """``model`` is the paper's approximate objective (clipping + alpha^2/(3*4^M));
-the others are quantizers that really run, whose error is computed exactly."""
+the others are quantizers that really run, whose error is computed exactly (``midtread`` is the
+seed's simulation quantizer round(x/Q)*Q, Q = 2 alpha/2^M, with 2^M + 1 levels)."""
 
 
 def check_prior(prior, name: str = "prior") -> str:

@@ -44,8 +44,9 @@ def limits_table(*, prior: str, bits) -> list[dict]:
             "lloyd_max_mse": float(lloyd_max(prior=prior, bits=m).mse),
             "rate_distortion_mse": float(rate_distortion(m, prior=prior)),
         }
-        for key in ("aciq_mse_exact", "uniform_mse", "lloyd_max_mse", "rate_distortion_mse"):
-            row[key.replace("_mse", "_sqnr_db")] = float(to_db(row[key], prior=prior))
+        for key in ("aciq", "uniform", "lloyd_max", "rate_distortion"):
+            mse = row["aciq_mse_exact" if key == "aciq" else f"{key}_mse"]
+            row[f"{key}_sqnr_db"] = float(to_db(mse, prior=prior))
         rows.append(row)
     return rows
 
