@@ -37,13 +37,18 @@ specialisation and argument types) by numba:
 ``gemv`` (M <= 4, memory bound)
     8 warps x 8 output channels per block (4 for M > 2); the weights are read
     exactly once as 32-bit words, consecutive lanes on consecutive words (128 B
-    per warp load), all ``8 x U`` words of a step loaded before use (up to 32
-    independent loads in flight per lane). The quantized activations of a K chunk
-    are staged once per block in shared memory and reused by all its rows; each
-    lane copies those of its words into registers once per step. Partial sums
-    stay in registers over the whole K and are reduced across lanes through
-    shared memory once (the simulator has no shuffles). Nibbles become floats
-    without a conversion instruction (``int_as_float(f | 0x4B000000) = 2^23 + f``).
+    per warp load), software-pipelined: the ``8 x U`` words of the next step are
+    loaded (unconditionally, index clamped to the row) before the current step
+    is computed, so the loads stay ahead of the arithmetic. The quantized
+    activations of a K chunk are staged once per block in shared memory and
+    reused by all its rows; each lane copies those of its words into registers
+    once per step. Partial sums stay in registers over the whole K and are
+    reduced across lanes through shared memory once (the simulator has no
+    shuffles). Fields become floats without a conversion instruction: mixed mode
+    reads each field in place with one LOP3 (``(word & mask) ^ (0x4B000000 |
+    offset)`` as float is ``2**23 + field * 2**p``, the activation is staged
+    pre-scaled by ``2**-p``, exact) and subtracts the weight zero point once per
+    step as ``(offset + z_w) * sum(a)``.
     Used when a weight row is a whole number of words; otherwise the tiled kernel
     runs.
 
@@ -124,16 +129,16 @@ else:
 if _SIM:
 
     @numba.njit(inline="always")
-    def _magic_float(field):
-        """``2**23 + field`` as float32 (what the GPU gets by reinterpreting bits)."""
-        return np.float32(np.float32(field) + np.float32(8388608.0))
+    def _bits_float(bits):
+        """The float32 with bit pattern ``bits = 0x4B000000 | mantissa`` (``2**23 + mantissa``)."""
+        return np.float32(np.float32(np.int32(bits) & np.int32(0x7FFFFF)) + np.float32(8388608.0))
 
 else:
 
     @numba.njit(inline="always")
-    def _magic_float(field):
-        """``2**23 + field`` as float32 by reinterpreting ``field | 0x4B000000`` (no cvt)."""
-        return _libdevice.int_as_float(np.int32(np.int32(field) | np.int32(0x4B000000)))
+    def _bits_float(bits):
+        """The float32 with bit pattern ``bits`` (no instruction)."""
+        return _libdevice.int_as_float(np.int32(bits))
 
 
 @numba.njit(inline="always")
@@ -334,9 +339,16 @@ def _splitk_reduce_kernel(integer, out_kind):
 
 
 # ------------------------------------------------------------- GEMV kernel
+GEMV_STEP_WORDS = 16  # weight words per lane and warp step (all rows), double-buffered
+
+
 def _gemv_unroll(mrows, per_word):
-    """32-bit words per lane, row and warp step: staged activations in registers <= 32."""
-    return max(1, min(4, 32 // (per_word * mrows)))
+    """32-bit words per lane, row and warp step.
+
+    ``rpw * U <= GEMV_STEP_WORDS`` words in flight per buffer and at most 32 staged
+    activations per lane in registers (``U * per_word * M <= 32``).
+    """
+    return max(1, min(GEMV_STEP_WORDS // _gemv_rpw(mrows), 32 // (per_word * mrows)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -346,17 +358,27 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
     Block = 8 warps x ``rpw`` output rows each (``rpw = 8`` for M <= 2, else 4).
     Per K chunk the block stages the centred (integer) or dequantized (mixed)
     activation codes once in shared memory (quantized once per block and reused
-    by all its rows); each warp then walks the chunk in steps of ``32 * U`` words:
-    consecutive lanes read consecutive words (128 B per warp load), and all
-    ``rpw * U`` words of a step are loaded before any is used, so that many
-    independent loads are in flight per lane. Every lane copies the activations
-    of its ``U`` words into registers once per step and reuses them for all its
-    rows. Partial sums stay in registers for the whole K and are reduced across
-    lanes through shared memory once at the end. Weight fields are turned into
-    floats without a conversion instruction: ``int_as_float(field | 0x4B000000)
-    == 2**23 + field``; the exact float ``2**23 + offset + z_w`` is subtracted
-    (integer mode multiplies the raw field and subtracts ``(offset + z_w) *
-    sum(a)`` once at the end: every per-lane term is far below 2**31).
+    by all its rows); each warp then walks K in steps of ``32 * U`` words:
+    consecutive lanes read consecutive words (128 B per warp load). The weight
+    words are software-pipelined: the ``rpw * U`` words of step ``s + 1`` are
+    loaded into a second register buffer before step ``s`` is computed (and
+    before a chunk is staged), so that a full step of arithmetic (and the
+    staging) covers the memory latency; without this ptxas interleaves the loads
+    with the arithmetic and each warp waits on DRAM several times per step.
+    Every lane copies the activations of its ``U`` words into registers once per
+    step and reuses them for all its rows. Partial sums stay in registers for the
+    whole K and are reduced across lanes through shared memory once at the end.
+    Mixed mode turns a field into a float without a conversion instruction and
+    without a shift: one LOP3 gives ``bits = (word & (mask << p)) ^ (0x4B000000 |
+    xor << p)`` (``p <= 19``; fields past bit 19 come from ``word >> 12`` or
+    ``>> 16``), ``int_as_float(bits) - 2**23 == field * 2**p`` exactly, and the
+    activation was staged times ``2**-p`` (exact), so each product is the exact
+    ``a * field`` rounded once; the zero point is subtracted once per step as
+    ``(offset + z_w) * sum(a)``. Integer mode multiplies the raw field and
+    subtracts ``(offset + z_w) * sum(a)`` once at the end (every per-lane term is
+    far below 2**31). Rows beyond N read row ``N - 1`` (clamped, never
+    stored) and word indices past the row end read its last word (their staged
+    activations are zero), so the weight loads are unconditional.
     """
     sdt = numba.int32 if integer else numba.float32
     per_word = 8 if packed else 4  # codes per 32-bit word
@@ -366,14 +388,22 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
     rpw = _gemv_rpw(mrows)
     rows = GEMV_WARPS * rpw
     unroll = _gemv_unroll(mrows, per_word)
+    step = 32 * unroll
     nx = unroll * per_word * mrows  # activations per lane held in registers
-    chunk_words = (GEMV_SMEM_WORDS // (mrows * per_word)) // (32 * unroll) * (32 * unroll)
+    chunk_words = (GEMV_SMEM_WORDS // (mrows * per_word)) // step * step
     chunk_k = chunk_words * per_word
     nthreads = GEMV_WARPS * 32
     stage_iters = -(-chunk_k // nthreads)
     racc = rows * mrows
     nacc = rpw * mrows
     nwv = rpw * unroll
+    # mixed mode: field j is read in place at bit position fbits * p_j of the word
+    # (j < jsplit) or of word >> hishift (p_j = j - jdrop), never above bit 19
+    jsplit = 5 if packed else 2
+    jdrop = 3 if packed else 2
+    hishift = fbits * jdrop
+    SB = min(stage_iters, 6)  # staging batch (elements per thread with loads in flight)
+    sbm = SB * mrows
 
     def kernel(x, ww, a_scale, a_zp, a_lo, a_hi, w_zp, w_scale, w_off,
                bias, relu, o_scale, o_zp, o_lo, o_hi, out):
@@ -390,9 +420,16 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
         xr = cuda.local.array(nx, sdt)
         sx = cuda.local.array(mrows, sdt)
         acc = cuda.local.array(nacc, sdt)
-        wv = cuda.local.array(nwv, numba.uint32)
+        wv = cuda.local.array(nwv, numba.uint32)  # words of the current step
+        wn = cuda.local.array(nwv, numba.uint32)  # words of the next step (in flight)
         fbr = cuda.local.array(rpw, numba.float32)
         zor = cuda.local.array(rpw, numba.int32)
+        nr = cuda.local.array(rpw, numba.int32)
+        bx = cuda.local.array(sbm, numba.float32)
+        bs = cuda.local.array(SB, numba.float32)
+        bz = cuda.local.array(SB, numba.int32)
+        bl = cuda.local.array(SB, numba.int32)
+        bh = cuda.local.array(SB, numba.int32)
         for i in range(nacc):
             acc[i] = sdt(0)
         for m in range(mrows):
@@ -403,69 +440,112 @@ def _gemv_kernel(integer, packed, out_kind, mrows):
             if n < N:
                 zo = np.int32(np.int32(w_zp[n]) + np.int32(w_off))
             zor[r] = zo
-            fbr[r] = np.float32(np.int32(8388608) + zo)  # exact
-        for c0 in range(np.int32(0), n_words, np.int32(chunk_words)):
-            c0 = np.int32(c0)
-            # stage the quantized activations of this chunk (once per block)
-            for it in range(stage_iters):
-                e = np.int32(tid + np.int32(it * nthreads))
-                if e < np.int32(chunk_k):
-                    w = np.int32(e // np.int32(per_word))
-                    j = np.int32(e % np.int32(per_word))
-                    gk = np.int32(np.int32(c0 * np.int32(per_word)) + e)
-                    if gk < K:
-                        z = np.int32(a_zp[gk])
-                        s_k = a_scale[gk]
-                        lo = np.int32(a_lo[gk])
-                        hi = np.int32(a_hi[gk])
+            fbr[r] = np.float32(zo)  # exact
+            nr[r] = min(n, np.int32(N - np.int32(1)))  # clamped row to read
+        # prefetch the first step; word indices are clamped to the row (unconditional
+        # loads, which ptxas keeps ahead of the arithmetic): a word past the row end
+        # meets staged zero activations (k >= K), so it adds exactly 0
+        wlast = np.int32(n_words - np.int32(1))
+        for u in range(unroll):
+            wu = min(np.int32(lane + np.int32(u * 32)), wlast)
+            for r in range(rpw):
+                wn[r * unroll + u] = ww[nr[r], wu]
+        # 0x4B000000 in a register (n_words < 2**31): with two immediates the
+        # mask-and-or below takes two LOP3 instead of one
+        magic = np.int32(np.int32(0x4B000000) | np.int32(n_words >> np.int32(31)))
+        c0 = np.int32(0)
+        for s0 in range(np.int32(0), n_words, np.int32(step)):
+            s0 = np.int32(s0)
+            if s0 == np.int32(0) or np.int32(s0 - c0) == np.int32(chunk_words):
+                # stage the quantized activations of the chunk starting at s0 (once per block)
+                c0 = s0
+                cuda.syncthreads()  # every warp is done with the previous chunk
+                # batches of SB elements per thread: every load of a batch first (index
+                # clamped to K - 1, unconditional), so they are in flight together
+                for it0 in range(0, stage_iters, SB):
+                    for b in range(SB):
+                        gk = min(np.int32(np.int32(c0 * np.int32(per_word)) + tid
+                                          + np.int32((it0 + b) * nthreads)), np.int32(K - np.int32(1)))
                         for m in range(mrows):
-                            q = quantize_code(x[m, gk], s_k, z, lo, hi)
-                            if integer:
-                                sX[m, j, w] = np.int32(q - z)
-                            else:
-                                sX[m, j, w] = np.float32(np.float32(np.int32(q - z)) * s_k)
-                    else:
-                        for m in range(mrows):
-                            sX[m, j, w] = sdt(0)
-            cuda.syncthreads()
-            c_end = min(n_words, np.int32(c0 + np.int32(chunk_words)))
-            for s0 in range(c0, c_end, np.int32(32 * unroll)):
-                s0 = np.int32(s0)
-                # every weight word of this step first (rpw * U independent loads per lane)
+                            bx[b * mrows + m] = x[m, gk]
+                        bs[b] = a_scale[gk]
+                        bz[b] = a_zp[gk]
+                        bl[b] = a_lo[gk]
+                        bh[b] = a_hi[gk]
+                    for b in range(SB):
+                        e = np.int32(tid + np.int32((it0 + b) * nthreads))
+                        if it0 + b < stage_iters and e < np.int32(chunk_k):
+                            w = np.int32(e // np.int32(per_word))
+                            j = np.int32(e % np.int32(per_word))
+                            gk = np.int32(np.int32(c0 * np.int32(per_word)) + e)
+                            z = np.int32(bz[b])
+                            s_k = bs[b]
+                            for m in range(mrows):
+                                if gk < K:
+                                    q = quantize_code(bx[b * mrows + m], s_k, z, np.int32(bl[b]), np.int32(bh[b]))
+                                    if integer:
+                                        sX[m, j, w] = np.int32(q - z)
+                                    else:  # pre-scaled by 2**-(fbits p_j) (exact)
+                                        pj = np.int32(j - (np.int32(jdrop) if j >= np.int32(jsplit) else np.int32(0)))
+                                        p2 = np.float32(np.float32(1.0) / np.float32(
+                                            np.int32(1) << np.int32(fbits * pj)))
+                                        sX[m, j, w] = np.float32(np.float32(np.float32(np.int32(q - z)) * s_k) * p2)
+                                else:
+                                    sX[m, j, w] = sdt(0)
+                cuda.syncthreads()
+            # take the words of this step, start the loads of the next one
+            for i in range(nwv):
+                wv[i] = wn[i]
+            s1 = np.int32(s0 + np.int32(step))
+            for u in range(unroll):
+                wu = min(np.int32(s1 + lane + np.int32(u * 32)), wlast)
                 for r in range(rpw):
-                    n = np.int32(row0 + warp + np.int32(r * GEMV_WARPS))
-                    for u in range(unroll):
-                        wu = np.int32(s0 + lane + np.int32(u * 32))
-                        v = numba.uint32(0)
-                        if n < N and wu < c_end:
-                            v = ww[n, wu]
-                        wv[r * unroll + u] = v
-                # this lane's activations for words s0 + lane + 32 u, into registers
+                    wn[r * unroll + u] = ww[nr[r], wu]
+            # this lane's activations for words s0 + lane + 32 u, into registers
+            for u in range(unroll):
+                wl = np.int32(np.int32(s0 - c0) + lane + np.int32(u * 32))
+                for j in range(per_word):
+                    for m in range(mrows):
+                        v = sX[m, j, wl]  # zero beyond K (staged), wl < chunk_words
+                        xr[(u * per_word + j) * mrows + m] = v
+                        if integer:
+                            sx[m] = np.int32(sx[m] + v)
+            if not integer:
+                # sum of this step's activations (unscaled, exact powers of 2)
+                for m in range(mrows):
+                    sx[m] = sdt(0)
                 for u in range(unroll):
-                    wl = np.int32(np.int32(s0 - c0) + lane + np.int32(u * 32))
                     for j in range(per_word):
+                        pj = j - jdrop if j >= jsplit else j
                         for m in range(mrows):
-                            v = sX[m, j, wl]  # zero beyond K (staged), wl < chunk_words
-                            xr[(u * per_word + j) * mrows + m] = v
-                            if integer:
-                                sx[m] = np.int32(sx[m] + v)
-                for r in range(rpw):
-                    fb = fbr[r]
-                    for u in range(unroll):
-                        word = wv[r * unroll + u]
+                            sx[m] = sx[m] + xr[(u * per_word + j) * mrows + m] * np.float32(
+                                np.int32(1) << np.int32(fbits * pj))
+            for r in range(rpw):
+                if not integer:  # zero-point term of this step: - (offset + z_w) * sum(a)
+                    for m in range(mrows):
+                        acc[r * mrows + m] = acc[r * mrows + m] - fbr[r] * sx[m]
+                for u in range(unroll):
+                    word = wv[r * unroll + u]
+                    if integer:
                         for j in range(per_word):
                             f = np.int32(np.int32(np.uint32(word >> np.uint32(fbits * j))
                                                   & np.uint32(fmask)) ^ np.int32(fxor))
-                            if integer:
-                                for m in range(mrows):
-                                    acc[r * mrows + m] = np.int32(acc[r * mrows + m] + np.int32(
-                                        xr[(u * per_word + j) * mrows + m] * f))
-                            else:
-                                cw = np.float32(_magic_float(f) - fb)
-                                for m in range(mrows):
-                                    acc[r * mrows + m] = acc[r * mrows + m] + \
-                                        xr[(u * per_word + j) * mrows + m] * cw
-            cuda.syncthreads()
+                            for m in range(mrows):
+                                acc[r * mrows + m] = np.int32(acc[r * mrows + m] + np.int32(
+                                    xr[(u * per_word + j) * mrows + m] * f))
+                    else:
+                        whi = np.uint32(word >> np.uint32(hishift))
+                        for j in range(per_word):
+                            pj = j - jdrop if j >= jsplit else j
+                            src = whi if j >= jsplit else word
+                            # one LOP3: field in place, xor offset, exponent of 2**23
+                            bits = np.int32(np.int32(src & np.uint32(fmask << (fbits * pj)))
+                                            ^ np.int32(magic | np.int32(fxor << (fbits * pj))))
+                            cw = np.float32(_bits_float(bits) - np.float32(8388608.0))  # field * 2**(fbits p_j)
+                            for m in range(mrows):
+                                acc[r * mrows + m] = acc[r * mrows + m] + \
+                                    xr[(u * per_word + j) * mrows + m] * cw
+        cuda.syncthreads()
         # lane partials -> shared memory -> one sum per (row, m)
         for r in range(rpw):
             rl = np.int32(warp + np.int32(r * GEMV_WARPS))
@@ -670,10 +750,11 @@ class CudaQGemm:
         """``(path, splits, k_split)`` for ``M = m``.
 
         ``path`` is ``"gemv"`` (``m <= 4`` and weight rows of whole 32-bit words),
-        ``"tiled64"`` when 64 x 64 tiles make at least two blocks per SM, else
-        ``"tiled32"`` (32 x 32 tiles: four times the blocks). ``"tiled128"`` only
-        when forced (``tile=``): on an H200 it was slower than ``tiled64`` on every
-        ResNet-50 shape. A launch with fewer tiles than SMs splits K over
+        else ``"tiled64"``. ``"tiled32"`` and ``"tiled128"`` only when forced
+        (``tile=``): on an H200 (benchmarks/results/gpu-h200-run1/2) tiled64 beat
+        tiled128 on every ResNet-50 shape, and beat tiled32 on all but one (a 1x1
+        64->64 layer at batch 1), small under-filled grids included, once split-K
+        fills the SMs. A launch with fewer tiles than SMs splits K over
         ``splits = min(ceil(2 SMs / tiles), ceil(K / 128))`` blocks of ``k_split``
         (a multiple of the K-tile) whose partials a second small kernel reduces in
         fixed order (into a scratch buffer the plan keeps).
@@ -683,8 +764,7 @@ class CudaQGemm:
         if self.tile is not None:
             path = self.tile
         else:
-            t64 = math.ceil(self.n / 64) * math.ceil(m / 64)
-            path = "tiled64" if t64 >= 2 * self._sms else "tiled32"
+            path = "tiled64"
         bm, bn = TILES[path][:2]
         if self.split_k is not None:
             splits = int(self.split_k)

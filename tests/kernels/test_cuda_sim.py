@@ -264,28 +264,25 @@ def test_paths_cover_gemv_and_tiled():
     rng = np.random.default_rng(0)
     a = _act(rng, 16, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(1)[0] == "gemv"
-    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kc.GEMV_MAX_M + 1)[0] == "tiled32"
+    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kc.GEMV_MAX_M + 1)[0] == "tiled64"
     a7 = _act(rng, 7, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 7, 4, True), a7).kernel_for(1)[0] == "gemv"  # 4-byte rows
     a5 = _act(rng, 5, (4,), False, per_tensor=True)
-    assert kc.CudaQGemm(_weights(rng, 4, 5, 8, False), a5).kernel_for(1)[0] == "tiled32"  # 5-byte rows
+    assert kc.CudaQGemm(_weights(rng, 4, 5, 8, False), a5).kernel_for(1)[0] == "tiled64"  # 5-byte rows
     big = kc.CudaQGemm(_weights(rng, 2000, 16, 4, True), a)
-    # 64 x 64 tiles when they make >= 2 blocks per SM (4 SMs simulated, 132 on an H100/H200), else 32 x 32;
-    # 128 x 128 only when forced
-    for m in (2000, 100, 5):
-        t64 = math.ceil(2000 / 64) * math.ceil(m / 64)
-        path, splits, _ = big.kernel_for(m)
-        assert path == ("tiled64" if t64 >= 2 * big._sms else "tiled32"), (m, big._sms)
-        tiles = math.ceil(2000 / kc.TILES[path][1]) * math.ceil(m / kc.TILES[path][0])
-        assert (splits > 1) == (tiles < big._sms and big.k > kc.BK), (m, splits)
+    # 64 x 64 tiles unless forced (measured fastest on an H200); split-K when the tiles do not fill the SMs
     sms = big._sms
     assert sms == (4 if kc._SIM else kc._sm_count())
-    big._sms = 4  # the simulator's count: 32 x 2 blocks of 64 x 64 fill 4 SMs (M = 100, N = 2000)
-    assert big.kernel_for(100)[0] == "tiled64"
-    big._sms = 132  # an H100/H200: 64 blocks of 64 x 64 are too few, 32 x 32 tiles
-    assert big.kernel_for(100)[0] == "tiled32"
-    assert big.kernel_for(2000)[0] == "tiled64"  # 1024 blocks of 64 x 64
+    for n_sms in (4, 132):
+        big._sms = n_sms
+        for m in (2000, 100, 5):
+            path, splits, _ = big.kernel_for(m)
+            assert path == "tiled64", (m, n_sms)
+            tiles = math.ceil(2000 / 64) * math.ceil(m / 64)
+            assert (splits > 1) == (tiles < n_sms and big.k > kc.BK), (m, n_sms, splits)
     big._sms = sms
+    forced = kc.CudaQGemm(_weights(rng, 2000, 16, 4, True), a, tile="tiled32")
+    assert forced.kernel_for(100)[0] == "tiled32"
 
 
 @child_only
