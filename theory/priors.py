@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erfc, gammainc
 
-from ._common import check_data, check_prior, check_scale, scalar_or_array
+from ._common import _as_float_array, check_data, check_prior, check_scale, scalar_or_array
 
 __all__ = ["pdf", "cdf", "sample", "partial_moments", "cell_error", "variance"]
 
@@ -38,12 +38,7 @@ _GL_WEIGHTS.setflags(write=False)
 # --------------------------------------------------------------------------- validation
 def _check_x(x, name):
     """Real values that may be infinite but not NaN."""
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric, got {x!r}") from exc
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty")
+    arr = _as_float_array(x, name)
     if np.any(np.isnan(arr)):
         raise ValueError(f"{name} must not be NaN")
     return arr
