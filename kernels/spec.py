@@ -100,13 +100,19 @@ def code_range(bits, signed: bool):
     return np.zeros_like(b, dtype=np.int32), (np.left_shift(np.int64(1), b) - 1).astype(np.int32)
 
 
-def _check_bits(bits, name: str) -> np.ndarray:
+def _numeric(value, name: str, what: str) -> np.ndarray:
+    """``value`` as a non-empty float64 array, or ValueError naming ``name``."""
     try:
-        arr = np.asarray(bits, dtype=np.float64)
+        arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be integers in 1..{MAX_BITS}, got {bits!r}") from exc
+        raise ValueError(f"{name} must be {what}, got {value!r}") from exc
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty")
+    return arr
+
+
+def _check_bits(bits, name: str) -> np.ndarray:
+    arr = _numeric(bits, name, f"integers in 1..{MAX_BITS}")
     if (not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr))
             or np.any(arr < 1) or np.any(arr > MAX_BITS)):
         raise ValueError(f"{name} must be integers in 1..{MAX_BITS}, got {bits!r}")
@@ -114,12 +120,7 @@ def _check_bits(bits, name: str) -> np.ndarray:
 
 
 def _check_scale(scale, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(scale, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric, got {scale!r}") from exc
-    if arr.size == 0:
-        raise ValueError(f"{name} must not be empty")
+    arr = _numeric(scale, name, "numeric")
     arr32 = arr.astype(np.float32)
     if not np.all(np.isfinite(arr32)) or np.any(arr32 <= 0):
         raise ValueError(f"{name} must be finite and > 0 (as float32), got {scale!r}")
