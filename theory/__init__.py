@@ -25,6 +25,8 @@ from .empirical import EmpiricalResult, empirical_mse, monte_carlo_mse
 from .grids import analytic_gap, exact_mse, grid_cells, optimal_alpha_exact, quantize
 from .limits import lloyd_max, rate_distortion, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
+from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
+from .kl import KLResult, abs_histogram, kl_threshold
 
 __all__ = [
     "GRIDS", "PRIORS", "ClippingResult",
@@ -35,4 +37,6 @@ __all__ = [
     "Allocation", "allocate",
     "estimate_scale", "channel_stats", "choose_prior", "fit_generalized_gaussian",
     "channel_bias", "correct_bias", "correction_terms",
+    "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
+    "KLResult", "abs_histogram", "kl_threshold",
 ]
