@@ -1,0 +1,107 @@
+"""aciq.quant.photos: the 20 foolbox ImageNet photos, disjoint splits, deterministic crops."""
+import shutil
+import sys
+
+import pytest
+import torch
+
+from aciq.quant import photos as ph
+from aciq.quant import zoo
+
+# the labels in the file names of foolbox 3.3.4's foolbox/data/imagenet_<idx>_<label>.jpg
+LABELS = [243, 559, 438, 990, 949, 853, 609, 609, 915, 455, 541, 630, 741, 471, 129, 99, 251, 22, 317, 305]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small CPU batches: one thread avoids oversubscription when test workers share few cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return ph.load_photos()
+
+
+def test_twenty_photos_labels_parsed(photos):
+    assert len(photos) == 20
+    assert [p.index for p in photos] == list(range(20))
+    assert [p.label for p in photos] == LABELS
+    for p in photos:
+        assert p.path.name == f"imagenet_{p.index:02d}_{p.label}.jpg"
+        assert p.image.mode == "RGB" and min(p.image.size) >= 299
+
+
+def test_foolbox_not_imported(photos):
+    assert "foolbox" not in sys.modules
+
+
+def test_env_override_and_missing_dir(tmp_path, monkeypatch, photos):
+    for p in photos:
+        shutil.copy(p.path, tmp_path / p.path.name)
+    (tmp_path / "imagenet_readme.txt").write_text("not a photo")
+    monkeypatch.setenv(ph.ENV_VAR, str(tmp_path))
+    assert ph.photo_dir() == tmp_path
+    assert [p.label for p in ph.load_photos()] == LABELS
+    monkeypatch.setenv(ph.ENV_VAR, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="foolbox==3.3.4"):
+        ph.photo_dir()
+
+
+def test_incomplete_directory_rejected(tmp_path, photos):
+    for p in photos[:19]:
+        shutil.copy(p.path, tmp_path / p.path.name)
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        ph.load_photos(tmp_path)
+
+
+def test_split_is_disjoint(photos):
+    calibration, evaluation = ph.split_photos(list(reversed(photos)))
+    assert [p.index for p in calibration] == list(range(10))
+    assert [p.index for p in evaluation] == list(range(10, 20))
+    assert not {p.path for p in calibration} & {p.path for p in evaluation}
+    a, b = ph.split_photos(photos, n_calibration=4)
+    assert len(a) == 4 and len(b) == 16
+    with pytest.raises(ValueError, match="n_calibration"):
+        ph.split_photos(photos, n_calibration=20)
+
+
+def test_crops_deterministic_per_seed_and_photo(photos):
+    kw = dict(n_per_photo=3, size=64)
+    a = ph.crops(photos[:2], seed=7, **kw)
+    assert a.shape == (6, 3, 64, 64) and a.dtype == torch.float32
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert torch.equal(a, ph.crops(photos[:2], seed=7, **kw))
+    assert not torch.equal(a, ph.crops(photos[:2], seed=8, **kw))
+    # crops of a photo do not depend on the other photos passed with it
+    assert torch.equal(a[3:], ph.crops(photos[1:2], seed=7, **kw))
+    # the crops of one photo differ from each other
+    assert not torch.equal(a[0], a[1])
+    with pytest.raises(ValueError, match="n_per_photo"):
+        ph.crops(photos[:1], n_per_photo=0, size=64, seed=0)
+
+
+def test_crop_batch_normalised_for_model(photos):
+    calibration, _ = ph.split_photos(photos)
+    x = ph.crop_batch(calibration[:2], model_name="resnet18", n_per_photo=2, seed=0)
+    assert x.shape == (4, 3, 224, 224)
+    raw = ph.crops(calibration[:2], n_per_photo=2, size=224, seed=0)
+    mean = torch.tensor(zoo.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(zoo.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (raw - mean) / std)
+    lite = ph.crop_batch(calibration[:1], model_name="efficientnet_lite0", n_per_photo=1, seed=0)
+    assert -1.0 <= float(lite.min()) and float(lite.max()) <= 128 / 128   # (x - 127) / 128 on 0..255
+    with pytest.raises(ValueError, match="model_name"):
+        ph.crop_batch(calibration, model_name="resnet20_fmnist", n_per_photo=1, seed=0)
+
+
+def test_photo_batch(photos):
+    _, evaluation = ph.split_photos(photos)
+    x, labels = ph.photo_batch(evaluation, model_name="inception_v3")
+    assert x.shape == (10, 3, 299, 299) and x.dtype == torch.float32
+    assert labels.dtype == torch.int64 and labels.tolist() == LABELS[10:]
+    one = zoo.preprocess("inception_v3")(evaluation[0].image)
+    torch.testing.assert_close(x[0], one)
