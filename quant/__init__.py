@@ -1,0 +1,17 @@
+"""aciq.quant: post-training quantization of real CNNs (torch), every number from :mod:`aciq.theory`.
+
+``qmodel = quantize(model, config, calibration_data)``: fold BatchNorm, observe the calibration images,
+compute each grid analytically, swap the conv/linear layers. See :mod:`aciq.quant.config` for the recipe
+and its presets, :mod:`aciq.quant.api` for the steps, :mod:`aciq.quant.report` for the entropy and Huffman
+length of the codes (``code_lengths(qmodel, data)``).
+"""
+from .api import collect_statistics, convert, prepare, quantize
+from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
+from .fake import GridParams, fake_quantize, grid_params
+from .fold import fold_batchnorm
+from .observe import Statistics
+from .report import code_lengths
+
+__all__ = ["quantize", "prepare", "collect_statistics", "convert", "QuantConfig", "PerTensor", "PerChannel",
+           "PRESETS", "preset", "Statistics", "fold_batchnorm", "GridParams", "grid_params", "fake_quantize",
+           "code_lengths"]

@@ -1,0 +1,268 @@
+"""What to quantize and how: granularity values, the frozen :class:`QuantConfig`, and the named presets.
+
+A config says *what* is wanted; every number (clipping values, bit allocations, corrections) is computed by
+:mod:`aciq.theory` from the calibration statistics in :mod:`aciq.quant.calibrate`.
+
+Presets (``PRESETS``) reproduce the seed's README experiments (cnn-quantization, ResNet-50) and the rows of
+the paper's table. The seed quantizes activations at the *outputs* of conv/linear layers (after folded BN,
+half range where a ReLU follows: its "fused ReLU"); presets named ``seed-*`` follow that convention
+(``act_site="output"``). The other presets quantize the *inputs* of every conv/linear (``act_site="input"``),
+which is what an integer GEMM consumes (:mod:`aciq.kernels`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "preset", "CLIPPING_MODES",
+           "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES"]
+
+CLIPPING_MODES = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
+BIAS_CORRECTION = ("off", "mean", "mean+variance")
+BIAS_FORMS = ("seed", "on-grid")
+ALLOCATION_RULES = (None, "paper", "optimal")
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One quantization grid for the whole tensor."""
+
+    def __str__(self) -> str:
+        return "per-tensor"
+
+
+@dataclass(frozen=True)
+class PerChannel:
+    """One grid per slice along ``axis`` (0 = output channels of a weight, 1 = channels of an activation)."""
+
+    axis: int = 1
+
+    def __str__(self) -> str:
+        return f"per-channel(axis={self.axis})"
+
+
+Granularity = PerTensor | PerChannel
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _bits(name, value, *, allow_none=True):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
+        raise ValueError(f"{name} must be an integer in 1..8{' or None' if allow_none else ''}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A post-training quantization recipe (frozen; derive variants with :meth:`replace`).
+
+    Attributes
+    ----------
+    weight_bits, act_bits : int or None
+        1..8, or None to leave weights / activations in float.
+    weight_granularity : PerTensor or PerChannel
+        Default per output channel (``PerChannel(axis=0)``).
+    act_granularity : PerTensor or PerChannel
+        Default per tensor; ``PerChannel(axis=1)`` gives one grid per channel (the seed's ``-pcq_a``).
+    weight_clipping, act_clipping : str
+        ``minmax`` (no clipping), ``laplace`` / ``gauss`` (ACIQ, eq. 6, from b or sigma), ``mix`` (the prior
+        whose ACIQ window gives the lower measured error on the calibration data, per tensor or channel),
+        ``kstd`` (``kstd`` times sigma), ``kl`` (TensorRT entropy calibration, per tensor), ``mse`` (search
+        ``mse_candidates`` windows for the lowest measured error: the baseline peers use), ``exact`` (the
+        optimum of the gemmlowp grid that runs, under ``exact_prior``, :func:`aciq.theory.optimal_alpha_exact`).
+    kstd : float
+        k for ``kstd`` clipping (the seed's ``-c 2std``).
+    exact_prior : {"laplace", "gauss"}
+    act_bit_alloc, weight_bit_alloc : {None, "paper", "optimal"}
+        Per-channel bit allocation (needs per-channel granularity): ``paper`` is eq. 11 (round, clamp to
+        0..8, may exceed the budget), ``optimal`` the integer optimum within the budget
+        (:func:`aciq.theory.allocate`). Bins go by :math:`\\alpha_i^{2/3}` (eq. 10).
+    act_avg_bits, weight_avg_bits : float or None
+        Average bits per channel under allocation (default: ``act_bits`` / ``weight_bits``).
+    alloc_budget : {"bins", "bits"}
+    bias_correction : {"off", "mean", "mean+variance"}
+        Weight bias correction per output channel (eq. 12, 13).
+    bias_form : {"seed", "on-grid"}
+        ``seed``: the corrected weights ``xi (w_q - m_q) + m`` (off the integer grid, reproduces the seed);
+        ``on-grid``: the integer codes stay, ``xi`` multiplies the channel's scale and the offset
+        ``m - xi m_q`` times the expected input (calibration means) moves into the bias.
+    first_layer_bits, last_layer_bits : int or None
+        Bits (weights and input activations) of the first conv and the last linear layer (8 like the seed);
+        None treats them like every other layer.
+    half_range : {"auto", True, False}
+        Unsigned grid ``[0, hi]`` for tensors known to be non-negative: ``auto`` decides from the calibration
+        minimum (input site) or from a ReLU consuming the output (output site).
+    act_site : {"input", "output"}
+        Where activations are quantized (see the module docstring).
+    pool_bits : int or None
+        If set, the outputs of pooling modules are quantized (min/max, per tensor) at this width (seed: 8).
+    mse_candidates : int
+        Windows tried by ``mse`` (fractions k/n of the min/max window, k = 1..n).
+    kl_bins : int
+        Histogram bins of ``kl``.
+    skip : tuple of str
+        Module names (``named_modules``) left in float.
+    """
+
+    weight_bits: int | None = 4
+    act_bits: int | None = 4
+    weight_granularity: Granularity = field(default_factory=lambda: PerChannel(axis=0))
+    act_granularity: Granularity = field(default_factory=PerTensor)
+    weight_clipping: str = "minmax"
+    act_clipping: str = "minmax"
+    kstd: float = 2.0
+    exact_prior: str = "laplace"
+    act_bit_alloc: str | None = None
+    weight_bit_alloc: str | None = None
+    act_avg_bits: float | None = None
+    weight_avg_bits: float | None = None
+    alloc_budget: str = "bins"
+    bias_correction: str = "off"
+    bias_form: str = "seed"
+    first_layer_bits: int | None = 8
+    last_layer_bits: int | None = 8
+    half_range: str | bool = "auto"
+    act_site: str = "input"
+    pool_bits: int | None = None
+    mse_candidates: int = 100
+    kl_bins: int = 2048
+    skip: tuple = ()
+
+    def __post_init__(self):
+        for name in ("weight_bits", "act_bits", "first_layer_bits", "last_layer_bits", "pool_bits"):
+            _bits(name, getattr(self, name))
+        for name in ("weight_granularity", "act_granularity"):
+            g = getattr(self, name)
+            if not isinstance(g, (PerTensor, PerChannel)):
+                raise ValueError(f"{name} must be PerTensor() or PerChannel(axis), got {g!r}")
+        if isinstance(self.weight_granularity, PerChannel) and self.weight_granularity.axis != 0:
+            raise ValueError("weight_granularity: per-channel weights are per output channel, PerChannel(axis=0)")
+        if isinstance(self.act_granularity, PerChannel) and self.act_granularity.axis != 1:
+            raise ValueError("act_granularity: per-channel activations are along the channel axis, "
+                             "PerChannel(axis=1)")
+        _choice("weight_clipping", self.weight_clipping, CLIPPING_MODES)
+        _choice("act_clipping", self.act_clipping, CLIPPING_MODES)
+        _choice("exact_prior", self.exact_prior, ("laplace", "gauss"))
+        _choice("act_bit_alloc", self.act_bit_alloc, ALLOCATION_RULES)
+        _choice("weight_bit_alloc", self.weight_bit_alloc, ALLOCATION_RULES)
+        _choice("alloc_budget", self.alloc_budget, ("bins", "bits"))
+        _choice("bias_correction", self.bias_correction, BIAS_CORRECTION)
+        _choice("bias_form", self.bias_form, BIAS_FORMS)
+        _choice("half_range", self.half_range, ("auto", True, False))
+        _choice("act_site", self.act_site, ("input", "output"))
+        if isinstance(self.kstd, bool) or not (isinstance(self.kstd, (int, float)) and 0 < self.kstd < float("inf")):
+            raise ValueError(f"kstd must be a positive number, got {self.kstd!r}")
+        for name in ("mse_candidates", "kl_bins"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 8:
+                raise ValueError(f"{name} must be an integer >= 8, got {v!r}")
+        for name, rule, gran, bits, avg in (
+                ("act_bit_alloc", self.act_bit_alloc, self.act_granularity, self.act_bits, self.act_avg_bits),
+                ("weight_bit_alloc", self.weight_bit_alloc, self.weight_granularity, self.weight_bits,
+                 self.weight_avg_bits)):
+            if rule is not None and not isinstance(gran, PerChannel):
+                raise ValueError(f"{name} needs per-channel granularity")
+            if rule is not None and bits is None:
+                raise ValueError(f"{name} needs {name.split('_')[0]}_bits")
+            if avg is not None and not (isinstance(avg, (int, float)) and 0 < avg <= 8):
+                raise ValueError(f"{name.replace('bit_alloc', 'avg_bits')} must lie in (0, 8], got {avg!r}")
+        if self.act_clipping == "kl" and isinstance(self.act_granularity, PerChannel):
+            raise ValueError("act_clipping='kl' is a per-tensor calibration; use act_granularity=PerTensor()")
+        if self.act_clipping == "kl":
+            top = max(b for b in (self.act_bits, self.first_layer_bits, self.last_layer_bits, 1) if b is not None)
+            if self.kl_bins < 1 << top:
+                raise ValueError(f"kl_bins must be >= 2**{top} = {1 << top} (the quantized bins of a {top}-bit "
+                                 f"half-range grid), got {self.kl_bins}")
+        if self.weight_clipping == "kl":
+            raise ValueError("weight_clipping='kl' is not supported (KL calibration is for activations)")
+        if self.act_clipping == "mse" and self.act_bit_alloc is not None:
+            raise ValueError("act_clipping='mse' searches windows for one bit-width; it cannot be combined "
+                             "with act_bit_alloc")
+        if self.weight_clipping == "mse" and self.weight_bit_alloc is not None:
+            raise ValueError("weight_clipping='mse' searches windows for one bit-width; it cannot be combined "
+                             "with weight_bit_alloc")
+        if not isinstance(self.skip, tuple) or not all(isinstance(s, str) for s in self.skip):
+            raise ValueError(f"skip must be a tuple of module names, got {self.skip!r}")
+
+    def replace(self, **changes) -> "QuantConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, (PerTensor, PerChannel)) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    def describe(self) -> str:
+        """One line: the bits and every technique that is on."""
+        w = "f" if self.weight_bits is None else self.weight_bits
+        a = "f" if self.act_bits is None else self.act_bits
+        parts = [f"W{w}A{a}", f"w:{self.weight_granularity}/{self.weight_clipping}",
+                 f"a:{self.act_granularity}/{self.act_clipping}@{self.act_site}"]
+        if self.act_bit_alloc:
+            parts.append(f"alloc-a:{self.act_bit_alloc}")
+        if self.weight_bit_alloc:
+            parts.append(f"alloc-w:{self.weight_bit_alloc}")
+        if self.bias_correction != "off":
+            parts.append(f"bias:{self.bias_correction}/{self.bias_form}")
+        return " ".join(parts)
+
+
+_PC_W, _PC_A, _PT = PerChannel(axis=0), PerChannel(axis=1), PerTensor()
+_SEED = dict(act_site="output", first_layer_bits=8, last_layer_bits=8, pool_bits=8)
+
+PRESETS: dict[str, QuantConfig] = {
+    # --- the seed's README (ResNet-50), its act_site="output" convention and 8-bit pooling/first/last
+    # RM:51-55  -pcq_w -pcq_a --qtype int4 -qw int4                       (62.15 / 84.25)
+    "seed-w4a4-naive": QuantConfig(weight_bits=4, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                   **_SEED),
+    # RM:57-61  + -c laplace -baa -baw -bcw                                (73.33 / 91.33)
+    "seed-w4a4-all": QuantConfig(weight_bits=4, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                 act_clipping="laplace", act_bit_alloc="paper", weight_bit_alloc="paper",
+                                 bias_correction="mean", **_SEED),
+    # RM:117-121  -pcq_w -pcq_a --qtype int4 -c 2std  (W8A4)               (15.44 / 34.65)
+    "seed-w8a4-2std": QuantConfig(weight_bits=8, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                  act_clipping="kstd", kstd=2.0, **_SEED),
+    # RM:123-127  --qtype int4 -c laplace (W8 per-tensor, A4 per-tensor)   (71.40 / 90.25)
+    "seed-w8a4-aciq-layerwise": QuantConfig(weight_bits=8, act_bits=4, weight_granularity=_PT,
+                                            act_granularity=_PT, act_clipping="laplace", **_SEED),
+    # --- the paper's table, one technique at a time (inputs of every conv/linear are quantized)
+    "w8a4-naive": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A),
+    "w8a4-aciq": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A, act_clipping="laplace"),
+    "w8a4-alloc": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A, act_bit_alloc="optimal"),
+    "w8a4-aciq-alloc": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A, act_clipping="laplace",
+                                   act_bit_alloc="optimal"),
+    "w4a8-naive": QuantConfig(weight_bits=4, act_bits=8),
+    "w4a8-bias": QuantConfig(weight_bits=4, act_bits=8, bias_correction="mean"),
+    "w4a8-alloc": QuantConfig(weight_bits=4, act_bits=8, weight_bit_alloc="optimal"),
+    "w4a8-alloc-bias": QuantConfig(weight_bits=4, act_bits=8, weight_bit_alloc="optimal", bias_correction="mean"),
+    "w4a4-naive": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A),
+    "w4a4-aciq": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="laplace"),
+    "w4a4-all": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="laplace",
+                            act_bit_alloc="optimal", weight_bit_alloc="optimal", bias_correction="mean"),
+    "w4a4-all-exact": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="exact",
+                                  act_bit_alloc="optimal", weight_bit_alloc="optimal", bias_correction="mean"),
+    "w4a4-all-ongrid": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="laplace",
+                                   act_bit_alloc="optimal", weight_bit_alloc="optimal",
+                                   bias_correction="mean+variance", bias_form="on-grid"),
+    # --- the calibrators peers use, per tensor (what deploys on integer hardware)
+    "w4a4-pt-minmax": QuantConfig(weight_bits=4, act_bits=4),
+    "w4a4-pt-aciq": QuantConfig(weight_bits=4, act_bits=4, act_clipping="laplace"),
+    "w4a4-pt-mix": QuantConfig(weight_bits=4, act_bits=4, act_clipping="mix"),
+    "w4a4-pt-kl": QuantConfig(weight_bits=4, act_bits=4, act_clipping="kl"),
+    "w4a4-pt-mse": QuantConfig(weight_bits=4, act_bits=4, act_clipping="mse"),
+    "w4a4-pt-exact": QuantConfig(weight_bits=4, act_bits=4, act_clipping="exact"),
+}
+
+
+def preset(name: str, **changes) -> QuantConfig:
+    """The named preset, optionally with fields changed (``preset("w4a4-all", act_bits=3)``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name].replace(**changes) if changes else PRESETS[name]

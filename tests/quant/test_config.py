@@ -1,0 +1,173 @@
+"""aciq.quant.config: the presets are what the seed README and the paper's table say; bad configs fail clearly."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from aciq.quant import PRESETS, PerChannel, PerTensor, QuantConfig, preset, quantize
+from aciq.quant.modules import QuantizedLayer, QuantizedOutput
+
+PC_W, PC_A, PT = PerChannel(axis=0), PerChannel(axis=1), PerTensor()
+SEED = dict(act_site="output", first_layer_bits=8, last_layer_bits=8, pool_bits=8)
+PLAIN = dict(act_site="input", first_layer_bits=8, last_layer_bits=8, pool_bits=None)
+NAIVE = dict(weight_clipping="minmax", act_clipping="minmax", act_bit_alloc=None, weight_bit_alloc=None,
+             bias_correction="off")
+
+# The seed README (seed inventory, "README experiments -> flags") and the paper's table, field by field.
+EXPECTED = {
+    # RM:51-55  -pcq_w -pcq_a --qtype int4 -qw int4
+    "seed-w4a4-naive": dict(SEED, **NAIVE, weight_bits=4, act_bits=4, weight_granularity=PC_W,
+                            act_granularity=PC_A),
+    # RM:57-61  + -c laplace -baa -baw -bcw (eq. 11 allocation for both, mean-only bias correction)
+    "seed-w4a4-all": dict(SEED, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                          weight_clipping="minmax", act_clipping="laplace", act_bit_alloc="paper",
+                          weight_bit_alloc="paper", bias_correction="mean", bias_form="seed"),
+    # RM:117-121  -pcq_w -pcq_a --qtype int4 -c 2std  (-qw defaults to int8)
+    "seed-w8a4-2std": dict(SEED, weight_bits=8, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                           act_clipping="kstd", kstd=2.0, act_bit_alloc=None, bias_correction="off"),
+    # RM:123-127  --qtype int4 -c laplace  (W8 per-tensor, A4 per-tensor)
+    "seed-w8a4-aciq-layerwise": dict(SEED, weight_bits=8, act_bits=4, weight_granularity=PT,
+                                     act_granularity=PT, act_clipping="laplace", act_bit_alloc=None,
+                                     bias_correction="off"),
+    # the paper's table: 8W4A (per-channel activations), 4W8A, 4W4A; one technique at a time
+    "w8a4-naive": dict(PLAIN, **NAIVE, weight_bits=8, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A),
+    "w8a4-aciq": dict(PLAIN, weight_bits=8, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
+                      act_bit_alloc=None, bias_correction="off"),
+    "w8a4-alloc": dict(PLAIN, weight_bits=8, act_bits=4, act_granularity=PC_A, act_clipping="minmax",
+                       act_bit_alloc="optimal", bias_correction="off"),
+    "w8a4-aciq-alloc": dict(PLAIN, weight_bits=8, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
+                            act_bit_alloc="optimal", bias_correction="off"),
+    "w4a8-naive": dict(PLAIN, **NAIVE, weight_bits=4, act_bits=8, weight_granularity=PC_W, act_granularity=PT),
+    "w4a8-bias": dict(PLAIN, weight_bits=4, act_bits=8, weight_bit_alloc=None, bias_correction="mean"),
+    "w4a8-alloc": dict(PLAIN, weight_bits=4, act_bits=8, weight_bit_alloc="optimal", bias_correction="off"),
+    "w4a8-alloc-bias": dict(PLAIN, weight_bits=4, act_bits=8, weight_bit_alloc="optimal", bias_correction="mean"),
+    "w4a4-naive": dict(PLAIN, **NAIVE, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A),
+    "w4a4-aciq": dict(PLAIN, weight_bits=4, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
+                      act_bit_alloc=None, weight_bit_alloc=None, bias_correction="off"),
+    "w4a4-all": dict(PLAIN, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                     act_clipping="laplace", act_bit_alloc="optimal", weight_bit_alloc="optimal",
+                     bias_correction="mean", bias_form="seed"),
+    "w4a4-all-exact": dict(PLAIN, weight_bits=4, act_bits=4, act_granularity=PC_A, act_clipping="exact",
+                           exact_prior="laplace", act_bit_alloc="optimal", weight_bit_alloc="optimal",
+                           bias_correction="mean"),
+    "w4a4-all-ongrid": dict(PLAIN, weight_bits=4, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
+                            act_bit_alloc="optimal", weight_bit_alloc="optimal",
+                            bias_correction="mean+variance", bias_form="on-grid"),
+    # per-tensor calibrators
+    **{f"w4a4-pt-{mode}": dict(PLAIN, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PT,
+                                weight_clipping="minmax", act_clipping=clip, act_bit_alloc=None,
+                                weight_bit_alloc=None, bias_correction="off")
+       for mode, clip in [("minmax", "minmax"), ("aciq", "laplace"), ("mix", "mix"), ("kl", "kl"),
+                          ("mse", "mse"), ("exact", "exact")]},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_preset_is_specified():
+    assert set(PRESETS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_matches_its_definition(name):
+    cfg = PRESETS[name]
+    for field, value in EXPECTED[name].items():
+        assert getattr(cfg, field) == value, f"{name}.{field}"
+    assert preset(name) is cfg
+    json.dumps(cfg.to_dict())                      # JSON-able (goes into the statistics file)
+    assert cfg.describe().startswith(f"W{cfg.weight_bits}A{cfg.act_bits}")
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.conv2(y) + y)
+        return self.fc(self.pool(y).flatten(1))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_preset_runs(name):
+    torch.manual_seed(0)
+    net = Tiny().eval()
+    calib = torch.randn(3, 3, 6, 6)
+    cfg = preset(name, mse_candidates=16, kl_bins=256)   # small searches: the path, not the numbers
+    q = quantize(net, cfg, calib)
+    out = q(torch.randn(5, 3, 6, 6))
+    assert out.shape == (5, 4) and torch.isfinite(out).all()
+    layers = [m for m in q.modules() if isinstance(m, QuantizedLayer)]
+    assert len(layers) == 3
+    assert sum(isinstance(m, QuantizedOutput) for m in q.modules()) == (1 if cfg.pool_bits else 0)
+    site = "act_out" if cfg.act_site == "output" else "act_in"
+    assert all(getattr(m, site) is not None for m in layers)
+
+
+def test_preset_with_changes_and_unknown_name():
+    cfg = preset("w4a4-all", act_bits=3)
+    assert cfg.act_bits == 3 and cfg.act_bit_alloc == "optimal" and PRESETS["w4a4-all"].act_bits == 4
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset("w4a4-everything")
+
+
+@pytest.mark.parametrize("field", ["weight_bits", "act_bits", "first_layer_bits", "last_layer_bits", "pool_bits"])
+@pytest.mark.parametrize("value", [0, 9, -1, 4.0, True, "4"])
+def test_bits_outside_1_to_8(field, value):
+    with pytest.raises(ValueError, match=field):
+        QuantConfig(**{field: value})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(act_clipping="percentile"), "act_clipping"),
+    (dict(weight_clipping="aciq"), "weight_clipping"),
+    (dict(weight_clipping="kl"), "weight_clipping"),
+    (dict(act_clipping="kl", act_granularity=PerChannel(axis=1)), "kl"),
+    (dict(act_bit_alloc="optimal"), "act_bit_alloc.*per-channel"),        # act granularity is per tensor
+    (dict(weight_bit_alloc="paper", weight_granularity=PerTensor()), "weight_bit_alloc.*per-channel"),
+    (dict(act_bit_alloc="greedy", act_granularity=PerChannel(axis=1)), "act_bit_alloc"),
+    (dict(act_bit_alloc="optimal", act_granularity=PerChannel(axis=1), act_bits=None), "act_bit_alloc"),
+    (dict(act_clipping="mse", act_bit_alloc="optimal", act_granularity=PerChannel(axis=1)), "act_clipping"),
+    (dict(weight_clipping="mse", weight_bit_alloc="optimal"), "weight_clipping"),
+    (dict(act_avg_bits=9.0), "act_avg_bits"),
+    (dict(weight_avg_bits=0), "weight_avg_bits"),
+    (dict(weight_granularity=PerChannel(axis=1)), "weight_granularity"),
+    (dict(act_granularity=PerChannel(axis=0)), "act_granularity"),
+    (dict(act_granularity="per-tensor"), "act_granularity"),
+    (dict(bias_correction="variance"), "bias_correction"),
+    (dict(bias_form="paper"), "bias_form"),
+    (dict(half_range="yes"), "half_range"),
+    (dict(act_site="weights"), "act_site"),
+    (dict(kstd=0.0), "kstd"),
+    (dict(kstd=float("inf")), "kstd"),
+    (dict(exact_prior="cauchy"), "exact_prior"),
+    (dict(alloc_budget="bytes"), "alloc_budget"),
+    (dict(mse_candidates=4), "mse_candidates"),
+    (dict(kl_bins=2.5), "kl_bins"),
+    (dict(act_clipping="kl", kl_bins=128), "kl_bins"),                  # the 8-bit first layer needs 256
+    (dict(skip=["fc"]), "skip"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantConfig(**kwargs)
+
+
+def test_replace_validates_and_config_is_frozen():
+    cfg = QuantConfig()
+    with pytest.raises(ValueError, match="act_bits"):
+        cfg.replace(act_bits=12)
+    with pytest.raises(AttributeError):
+        cfg.act_bits = 2
+    assert cfg.replace(skip=("fc",)).skip == ("fc",)
