@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aciq.theory import allocate, optimal_alpha, optimal_alpha_exact
-from aciq.theory.allocation import paper_bits
+from aciq.theory import optimal_alpha, optimal_alpha_exact
+from aciq.theory.allocation import optimal_integer_bits, paper_bits
 
 from .fake import GridParams, fake_quantize, grid_params
 from .observe import SiteStats
@@ -179,7 +179,7 @@ def allocate_bits(alphas: np.ndarray, spec: SiteSpec) -> np.ndarray:
     alphas = np.asarray(alphas, np.float64)
     if spec.alloc == "paper":
         return paper_bits(alphas, avg_bits=avg, mode="round", max_bits=8).astype(np.int64)
-    return np.asarray(allocate(alphas, avg_bits=avg, budget=spec.budget, max_bits=8).bits, np.int64)
+    return np.asarray(optimal_integer_bits(alphas, avg_bits=avg, budget=spec.budget, max_bits=8), np.int64)
 
 
 def site_grid(stats: SiteStats, spec: SiteSpec, *, axis: int | None) -> tuple[GridParams, dict]:

@@ -391,29 +391,59 @@ def _integer_bits(a: np.ndarray, avg: float, budget: str, max_bits: int) -> np.n
 
 
 def _power_of_two_knapsack(gains: np.ndarray, capacity: int) -> np.ndarray:
-    """0/1 knapsack where item (i, m) weighs 2**m and is worth gains[i, m]; returns flat item ids."""
+    """0/1 knapsack where item (i, m) weighs 2**m and is worth gains[i, m]; returns flat item ids.
+
+    Vectorised level by level: the items of a level are arrays (value, tie-break, node); merged pairs
+    become new nodes whose two children are remembered, and taken nodes are expanded at the end.
+    """
     n_chan, n_steps = gains.shape
+    n_leaves = gains.size
+    children: list[tuple[np.ndarray, np.ndarray]] = []   # node n_leaves + j -> (left[j], right[j]) per batch
+    child_base: list[int] = []
     taken: list[int] = []
-    # items at the current level: (-value, tiebreak, members); members is a list of flat ids
-    level_items = []
+    vals = np.empty(0)
+    ties = np.empty(0, np.int64)
+    nodes = np.empty(0, np.int64)
+    next_node = n_leaves
     level = 0
-    while capacity > 0 and (level < n_steps or level_items):
+    while capacity > 0 and (level < n_steps or vals.size):
         if level < n_steps:
-            for i in range(n_chan):
-                flat = i * n_steps + level
-                level_items.append((-float(gains[i, level]), flat, [flat]))
-        level_items.sort(key=lambda item: (item[0], item[1]))
-        if capacity & 1 and level_items:
-            taken.extend(level_items.pop(0)[2])
-        merged = []
-        for j in range(0, len(level_items), 2):
-            pair = level_items[j:j + 2]
-            members = [m for item in pair for m in item[2]]
-            merged.append((sum(item[0] for item in pair), pair[0][1], members))
-        level_items = merged
+            flat = np.arange(n_chan, dtype=np.int64) * n_steps + level
+            vals = np.concatenate([vals, -gains[:, level].astype(float)])
+            ties = np.concatenate([ties, flat])
+            nodes = np.concatenate([nodes, flat])
+        order = np.lexsort((ties, vals))       # largest value first, ties to the lower id
+        vals, ties, nodes = vals[order], ties[order], nodes[order]
+        if capacity & 1 and vals.size:
+            taken.append(int(nodes[0]))
+            vals, ties, nodes = vals[1:], ties[1:], nodes[1:]
+        n_pairs = vals.size // 2
+        left, right = nodes[0:2 * n_pairs:2], nodes[1:2 * n_pairs:2]
+        pair_nodes = next_node + np.arange(n_pairs, dtype=np.int64)
+        children.append((left, right))
+        child_base.append(next_node)
+        next_node += n_pairs
+        pair_vals = vals[0:2 * n_pairs:2] + vals[1:2 * n_pairs:2]
+        pair_ties = ties[0:2 * n_pairs:2]
+        if vals.size % 2:
+            pair_vals = np.append(pair_vals, vals[-1])
+            pair_ties = np.append(pair_ties, ties[-1])
+            pair_nodes = np.append(pair_nodes, nodes[-1])
+        vals, ties, nodes = pair_vals, pair_ties, pair_nodes
         capacity >>= 1
         level += 1
-    return np.asarray(taken, dtype=np.int64)
+    bases = np.asarray(child_base, dtype=np.int64)
+    out, stack = [], list(taken)
+    while stack:
+        node = stack.pop()
+        if node < n_leaves:
+            out.append(node)
+            continue
+        batch = int(np.searchsorted(bases, node, side="right")) - 1
+        left, right = children[batch]
+        j = node - bases[batch]
+        stack.extend((int(left[j]), int(right[j])))
+    return np.sort(np.asarray(out, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- all at once

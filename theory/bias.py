@@ -167,9 +167,10 @@ def correction_terms(w, w_q, *, mode="mean", form="seed", axis=0) -> CorrectionT
     mode = _check_choice(mode, "mode", MODES)
     form = _check_choice(form, "form", FORMS)
     rows, rows_q, _ = _rows(w, w_q, axis)
+    if mode == "mean":  # no norms needed
+        mu = rows.mean(axis=1) - rows_q.mean(axis=1)
+        return CorrectionTerms(scale_factor=np.ones_like(mu), offset=mu)
     stats = channel_bias(rows, rows_q, axis=0)
-    if mode == "mean":
-        return CorrectionTerms(scale_factor=np.ones_like(stats.mu), offset=stats.mu)
     if form == "seed":
         offset = rows.mean(axis=1) - stats.xi * rows_q.mean(axis=1)
     else:
