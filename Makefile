@@ -4,7 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aciq-installed
 
-.PHONY: venv reproduce figures test test-fast bench clean
+.PHONY: venv data reproduce figures results test test-fast bench clean
+
+# Fashion-MNIST (the embedded labelled benchmark) comes from Debian's dataset-fashion-mnist package;
+# ACIQ_FASHION_MNIST=<folder with the four IDX .gz files> skips the install.
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,18 +18,30 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job: every theory table and figure, regenerated from the library.
-reproduce: $(STAMP)
+data:
+	@if [ -n "$$ACIQ_FASHION_MNIST" ] || [ -f $(FMNIST) ]; then :; else \
+	  echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
+
+## The main job: every theory table and figure, and the results tables of the two embedded models.
+reproduce: $(STAMP) data
+	$(BIN)/aciq figures --out figures/
+	$(BIN)/aciq tables --out figures/
+	$(BIN)/aciq results --out figures/
+
+figures: $(STAMP)
 	$(BIN)/aciq figures --out figures/
 	$(BIN)/aciq tables --out figures/
 
-figures: reproduce
+results: $(STAMP) data
+	$(BIN)/aciq results --out figures/
 
 ## The whole test suite: unit, property, doctests, PTX, simulator and notebooks.
-test: $(STAMP)
+test: $(STAMP) data
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not notebook"
 
 ## Speed measurements (ratios from one run; never part of the tests).

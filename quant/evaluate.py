@@ -1,0 +1,135 @@
+"""Evaluation: a quantized model against its float original, batch by batch, and the results CSV.
+
+The quantized model's grids are fixed before evaluation starts (statistics come from calibration images
+only), so every number here is independent of the evaluation batch size and order.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .metrics import Accumulator
+
+__all__ = ["evaluate", "Loader", "image_folder", "append_csv", "RESULT_COLUMNS", "markdown_table"]
+
+RESULT_COLUMNS = ("time", "model", "preset", "config", "weight_bits", "act_bits", "top1", "top5", "agreement",
+                  "mean_kl", "logit_sqnr_db", "n", "calib_images", "calib_s", "eval_s", "float_eval_s",
+                  "device", "batch_size", "backend", "data")
+
+
+@dataclass
+class Loader:
+    """Batches of ``(images, labels)`` from an in-memory tensor pair (labels may be None)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    batch_size: int
+
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def __len__(self):
+        return (len(self.images) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for i in range(0, len(self.images), self.batch_size):
+            y = None if self.labels is None else self.labels[i:i + self.batch_size]
+            yield self.images[i:i + self.batch_size], y
+
+
+def image_folder(path, transform):
+    """An ImageFolder-style dataset (``<path>/<class>/<image>``, or ``<path>/val/...`` as ILSVRC2012).
+
+    Class indices follow the sorted folder names, which for the 1000 ILSVRC2012 synset folders is the
+    torchvision ImageNet class order.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"data path {root} does not exist or is not a folder")
+    if (root / "val").is_dir():
+        root = root / "val"
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise ValueError(f"data path {root} is not an ImageFolder (<class>/<image> files): {exc}") from None
+
+
+@torch.no_grad()
+def evaluate(qmodel, float_model, loader, *, device="cpu", progress: bool = True, desc: str = "eval") -> dict:
+    """Top-1/top-5 (where labels come), agreement, KL and logit SQNR against ``float_model``, and times.
+
+    ``float_model=None`` scores ``qmodel`` alone (labels only).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    qmodel = qmodel.to(device).eval()
+    if float_model is not None:
+        float_model = float_model.to(device).eval()
+    acc = Accumulator()
+    t_q = t_f = 0.0
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x = x.to(device)
+        ref = None
+        if float_model is not None:
+            t0 = time.perf_counter()
+            ref = float_model(x)
+            t_f += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = qmodel(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_q += time.perf_counter() - t0
+        acc.update(out.float().cpu(), labels=None if y is None else torch.as_tensor(y).cpu(),
+                   reference=None if ref is None else ref.float().cpu())
+    if acc.n == 0:
+        raise ValueError("the evaluation data is empty")
+    result = acc.compute()
+    result.update(eval_s=t_q, float_eval_s=t_f if float_model is not None else None)
+    return result
+
+
+def append_csv(path, row: dict) -> Path:
+    """Append ``row`` (columns :data:`RESULT_COLUMNS`) to the CSV at ``path``, writing the header once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: _cell(row.get(k)) for k in RESULT_COLUMNS})
+    return path
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return "" if v is None else v
+
+
+def _fmt(v, digits=2):
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns) -> str:
+    """A markdown table of ``rows`` with ``columns`` given as ``(key, header)`` or ``(key, header, digits)``."""
+    cols = [c if len(c) == 3 else (*c, 2) for c in columns]
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(k), d) for k, _, d in cols) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,133 @@
+"""``aciq evaluate`` / ``aciq sweep`` end to end on generated ImageFolder data and a random-weight model."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aciq.quant.cli import build_config
+from aciq.quant.config import PerChannel, preset
+from aciq.theory.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: with pytest -n 2 on two cores, more threads only fight each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A 3-class ImageFolder of 12 random 40x48 RGB images (not a multiple of the crop size)."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        d = root / f"n0000000{c}"
+        d.mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A mobilenet_v2 state dict (random init, seeded): small, with depthwise convs and BN."""
+    from aciq.quant.zoo import load_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "mnv2.pt"
+    torch.save(load_model("mobilenet_v2", pretrained=False).state_dict(), path)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr()
+
+
+def _eval_args(folder, weights, tmp_path, *extra):
+    return ("evaluate", "--model", "mobilenet_v2", "--weights", str(weights), "--data", str(folder),
+            "--calib-images", "4", "--batch-size", "3", "--no-progress", "--results", str(tmp_path / "r.csv"),
+            *extra)
+
+
+def test_evaluate_writes_a_csv_row_and_json(capsys, folder, weights, tmp_path):
+    code, out = _run(capsys, *_eval_args(folder, weights, tmp_path, "--preset", "w4a4-all", "-a", "8", "--json"))
+    assert code == 0
+    row = json.loads(out.out)
+    assert row["model"] == "mobilenet_v2" and row["preset"] == "w4a4-all" and row["act_bits"] == 8
+    assert row["n"] == 8 and row["calib_images"] == 4          # 12 images, 4 drawn for calibration
+    assert 0 <= row["top1"] <= 100 and 0 <= row["agreement"] <= 100
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 1 and rows[0]["preset"] == "w4a4-all"
+    code, _ = _run(capsys, *_eval_args(folder, weights, tmp_path, "--preset", "float"))
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 2 and rows[1]["config"] == "float" and float(rows[1]["agreement"]) == 100.0
+
+
+def test_stats_save_then_load_gives_the_same_result(capsys, folder, weights, tmp_path):
+    stats = tmp_path / "stats"
+    _, out1 = _run(capsys, *_eval_args(folder, weights, tmp_path, "--preset", "w4a4-pt-aciq", "--json",
+                                       "--stats-save", str(stats)))
+    assert (tmp_path / "stats.json").is_file() and (tmp_path / "stats.npz").is_file()
+    _, out2 = _run(capsys, *_eval_args(folder, weights, tmp_path, "--preset", "w4a4-pt-aciq", "--json",
+                                       "--stats-load", str(stats)))
+    a, b = json.loads(out1.out), json.loads(out2.out)
+    for key in ("top1", "top5", "agreement", "mean_kl", "logit_sqnr_db"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9)
+
+
+def test_stats_for_another_model_is_refused(capsys, folder, weights, tmp_path):
+    from aciq.quant import collect_statistics, preset as get
+    from aciq.quant.zoo import load_model
+
+    other = load_model("resnet18", pretrained=False)
+    collect_statistics(other, get("w4a4-pt-aciq"), [torch.randn(2, 3, 64, 64)]).save(tmp_path / "other")
+    with pytest.raises(SystemExit) as exc:
+        main(list(_eval_args(folder, weights, tmp_path, "--preset", "w4a4-pt-aciq",
+                             "--stats-load", str(tmp_path / "other"))))
+    assert exc.value.code == 2
+    assert "another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--model", "alexnet"), "--model"),
+    (("--model", "mobilenet_v2", "--data", "/nonexistent/val"), "/nonexistent"),
+    (("--model", "mobilenet_v2", "--preset", "nope"), "preset"),
+    (("--model", "mobilenet_v2", "-w", "9"), "weight_bits"),
+    (("--model", "mobilenet_v2", "--weights", "/nonexistent.pt"), "/nonexistent.pt"),
+])
+def test_bad_input_exits_2_naming_the_argument(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--no-progress", "--results", "", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_prints_a_markdown_table(capsys, folder, weights, tmp_path):
+    code, out = _run(capsys, "sweep", "--models", "mobilenet_v2", "--weights", str(weights), "--data", str(folder),
+                     "--presets", "float", "w4a4-naive", "--bits", "4/4", "8/8", "--calib-images", "3",
+                     "--batch-size", "4", "--no-progress", "--results", str(tmp_path / "s.csv"))
+    assert code == 0
+    lines = out.out.strip().splitlines()
+    assert lines[0].startswith("| model | preset |") and len(lines) == 2 + 3   # float once + 2 bit-widths
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [(r["preset"], r["weight_bits"], r["act_bits"]) for r in rows] == [
+        ("float", "", ""), ("w4a4-naive", "4", "4"), ("w4a4-naive", "8", "8")]
+
+
+def test_build_config_applies_only_the_given_options():
+    over = {k: None for k in ("weight_bits", "act_bits", "act_granularity", "bias_correction", "half_range")}
+    assert build_config("w4a4-all", over) == preset("w4a4-all")
+    cfg = build_config("w4a4-naive", {**over, "act_bits": 8, "act_granularity": "channel", "half_range": "off"})
+    assert cfg.act_bits == 8 and cfg.act_granularity == PerChannel(axis=1) and cfg.half_range is False
+    assert build_config("float", over) is None
+    with pytest.raises(ValueError, match="float"):
+        build_config("float", {**over, "act_bits": 4})
