@@ -60,7 +60,7 @@ def _logits(model, x, batch=64):
 def fmnist_table(*, presets=TABLE_PRESETS, calib_images: int = 64, limit: int | None = None, seed: int = 0,
                  progress: bool = True) -> list[dict]:
     """Rows of the Fashion-MNIST ResNet-20 table."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from . import fashion_mnist as fm
     from .api import quantize
@@ -92,7 +92,7 @@ def fmnist_table(*, presets=TABLE_PRESETS, calib_images: int = 64, limit: int | 
 def efficientnet_table(*, presets=TABLE_PRESETS, calib_crops: int = 8, eval_crops: int = 16, seed: int = 0,
                        progress: bool = True) -> list[dict]:
     """Rows of the EfficientNet-Lite0 table (two-fold cross-calibration on the 20 photos)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from . import photos as ph
     from .api import quantize

@@ -68,7 +68,7 @@ def evaluate(qmodel, float_model, loader, *, device="cpu", progress: bool = True
 
     ``float_model=None`` scores ``qmodel`` alone (labels only).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     device = torch.device(device)
     qmodel = qmodel.to(device).eval()
