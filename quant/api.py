@@ -181,7 +181,8 @@ def _sites(p: Prepared, config: QuantConfig) -> list[str]:
 
 @torch.no_grad()
 def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str]) -> dict:
-    observers = {s: Observer(s, hist_bins=config.kl_bins) for s in sites}
+    hist = config.kl_bins if config.act_clipping == "kl" else None  # only the kl calibrator reads histograms
+    observers = {s: Observer(s, hist_bins=hist) for s in sites}
     handles = []
     for site, obs in observers.items():
         name, _, where = site.rpartition(":")

@@ -190,12 +190,21 @@ class FakeQuant(torch.nn.Module):
         return t.reshape(view)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, zp, qmax = (self._view(t, x) for t in (self.scale, self.zero_point, self.qmax))
-        q = torch.clamp(torch.round(x / scale) + zp, min=0.0)
-        out = (torch.minimum(q, qmax) - zp) * scale
+        # clamp(round(x/s) + z, 0, qmax) - z == clamp(round(x/s), -z, qmax - z) exactly (integers in float),
+        # computed in one buffer: fresh multi-MB temporaries cost more than the arithmetic on a CPU.
+        scale = self._view(self.scale, x)
+        q = torch.div(x, scale)
+        q.round_()
+        if self.axis is None or self.scale.ndim == 0:
+            q.clamp_(-float(self.zero_point), float(self.qmax - self.zero_point))
+        else:
+            zp, qmax = self._view(self.zero_point, x), self._view(self.qmax, x)
+            torch.maximum(q, -zp, out=q)
+            torch.minimum(q, qmax - zp, out=q)
+        q.mul_(scale)
         if self.has_dead:
-            out = torch.where(self._view(self.dead, x), self._view(self.fill, x), out)
-        return out
+            q = torch.where(self._view(self.dead, x), self._view(self.fill, x), q)
+        return q
 
     def extra_repr(self) -> str:
         bits = np.unique(self.grid.bits).tolist()
