@@ -48,6 +48,8 @@ test-fast: $(STAMP) data
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_alpha.py
 	$(BIN)/python benchmarks/bench_kernels_cpu.py --quick
+	$(BIN)/python benchmarks/bench_calibration.py
+	$(BIN)/python benchmarks/bench_fakequant.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
