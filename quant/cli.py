@@ -22,7 +22,7 @@ import torch
 
 from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
 
-__all__ = ["register", "EvalSpec", "run", "build_config"]
+__all__ = ["register", "run", "build_config"]
 
 FLOAT = "float"
 
@@ -115,10 +115,6 @@ def _add_run_options(p):
 
 
 # --------------------------------------------------------------------------- data
-class EvalSpec(argparse.Namespace):
-    pass
-
-
 def _fmnist(spec, model_name):
     from . import fashion_mnist as fm
 
@@ -201,7 +197,6 @@ def _load(model_name, weights):
 def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig | None, model=None,
         data=None) -> dict:
     """Load, calibrate, convert, evaluate one (model, config); return the results row."""
-    from . import zoo
     from .api import collect_statistics, convert, prepare
     from .evaluate import evaluate
     from .observe import Statistics

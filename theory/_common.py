@@ -5,6 +5,8 @@ Every public function validates its inputs here, so that bad input raises a
 """
 from __future__ import annotations
 
+import operator
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,3 +109,14 @@ class ClippingResult:
     prior: str
     grid: str
     half_range: bool
+
+
+def check_axis(axis, ndim: int, *, what: str = "the array") -> int:
+    """``axis`` as a non-negative index into ``ndim`` dimensions; ValueError naming ``axis`` otherwise."""
+    try:
+        axis = operator.index(axis)
+    except TypeError as exc:
+        raise ValueError(f"axis must be an integer, got {axis!r}") from exc
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for {what} with {ndim} dimensions")
+    return axis % ndim

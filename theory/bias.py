@@ -29,12 +29,11 @@ Every correction is affine per channel, ``corrected = scale_factor * w_q + offse
 """
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_data
+from ._common import check_axis, check_data
 
 MODES = ("mean", "mean+variance")
 FORMS = ("seed", "paper")
@@ -57,16 +56,6 @@ class CorrectionTerms:
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_axis(axis, ndim: int) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError as exc:
-        raise ValueError(f"axis must be an integer, got {axis!r}") from exc
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for weights with {ndim} dimensions")
-    return axis % ndim
-
-
 def _rows(w, w_q, axis):
     """Validate and reshape both tensors to [channels, -1] along ``axis``."""
     w = check_data(w, "w")
@@ -75,7 +64,7 @@ def _rows(w, w_q, axis):
         raise ValueError("w must have at least one dimension (the channel axis)")
     if w_q.shape != w.shape:
         raise ValueError(f"w_q must have the shape of w {w.shape}, got {w_q.shape}")
-    axis = _check_axis(axis, w.ndim)
+    axis = check_axis(axis, what="weights", ndim=w.ndim)
     c = w.shape[axis]
     return (np.moveaxis(w, axis, 0).reshape(c, -1), np.moveaxis(w_q, axis, 0).reshape(c, -1), axis)
 
@@ -217,7 +206,7 @@ def correct_bias(w, w_q, *, mode="mean", form="seed", axis=0) -> np.ndarray:
     """
     terms = correction_terms(w, w_q, mode=mode, form=form, axis=axis)
     w_q = check_data(w_q, "w_q")
-    axis = _check_axis(axis, w_q.ndim)
+    axis = check_axis(axis, what="weights", ndim=w_q.ndim)
     shape = [1] * w_q.ndim
     shape[axis] = -1
     return terms.scale_factor.reshape(shape) * w_q + terms.offset.reshape(shape)

@@ -32,12 +32,11 @@ the nominal width.
 from __future__ import annotations
 
 import heapq
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_bits
+from ._common import check_axis, check_bits
 
 __all__ = ["CodeLength", "code_entropy", "huffman_code_lengths", "huffman_average_length", "code_length"]
 
@@ -62,22 +61,12 @@ def _check_codes(codes) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _check_axis(axis, ndim: int) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError as exc:
-        raise ValueError(f"axis must be an integer or None, got {axis!r}") from exc
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of range for codes with {ndim} dimensions")
-    return axis % ndim
-
-
 def _rows(codes, axis) -> np.ndarray:
     """Codes as a 2-D array [channels, -1]: one row for ``axis=None`` (all codes pooled)."""
     arr = _check_codes(codes)
     if axis is None:
         return arr.reshape(1, -1)
-    axis = _check_axis(axis, arr.ndim)
+    axis = check_axis(axis, what="codes", ndim=arr.ndim)
     c = arr.shape[axis]
     rows = np.moveaxis(arr, axis, 0).reshape(c, -1)
     if rows.shape[1] == 0:

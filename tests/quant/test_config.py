@@ -63,14 +63,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_preset_is_specified():
     assert set(PRESETS) == set(EXPECTED)
 

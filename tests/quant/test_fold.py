@@ -9,14 +9,6 @@ from aciq.quant import fold_batchnorm, preset, quantize
 from aciq.quant.trace import trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial running statistics and affine parameters (a fresh BN is nearly the identity)."""
     g = torch.Generator().manual_seed(seed)

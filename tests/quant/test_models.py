@@ -13,14 +13,6 @@ from aciq.quant.modules import QuantizedLayer
 torchvision = pytest.importorskip("torchvision")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name):
     if name == "efficientnet_lite0":
         zoo = pytest.importorskip("aciq.quant.zoo")

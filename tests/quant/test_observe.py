@@ -10,14 +10,6 @@ from aciq.quant import Statistics, collect_statistics, preset, quantize
 from aciq.quant.observe import Observer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def observe(batches, bins=64):
     obs = Observer("site", hist_bins=bins)
     for phase in (1, 2):

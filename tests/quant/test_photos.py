@@ -12,15 +12,6 @@ from aciq.quant import zoo
 LABELS = [243, 559, 438, 990, 949, 853, 609, 609, 915, 455, 541, 630, 741, 471, 129, 99, 251, 22, 317, 305]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU batches: one thread avoids oversubscription when test workers share few cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photos():
     return ph.load_photos()

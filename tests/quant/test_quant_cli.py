@@ -14,15 +14,6 @@ from aciq.quant.config import PerChannel, preset
 from aciq.theory.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: with pytest -n 2 on two cores, more threads only fight each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A 3-class ImageFolder of 12 random 40x48 RGB images (not a multiple of the crop size)."""

@@ -10,15 +10,7 @@ from torch import nn
 import aciq.quant.api as api
 from aciq.quant import PerChannel, PerTensor, QuantConfig, collect_statistics, preset, quantize
 from aciq.quant.api import prepare
-from aciq.quant.modules import KernelLayer, QuantizedLayer, QuantizedOutput
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from aciq.quant.modules import KernelLayer, QuantizedLayer
 
 
 def test_docstring_examples():

@@ -14,14 +14,6 @@ from aciq.quant.report import counts_summary
 from aciq.theory.coding import code_length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_docstring_examples():
     assert doctest.testmod(report).failed == 0
 

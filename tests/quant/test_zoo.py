@@ -15,15 +15,6 @@ EFFICIENTNET_TOP1 = 18   # measured: 18/20 top-1 (photos 6 and 7, both class 609
 EFFICIENTNET_TOP5 = 19   # measured: 19/20 top-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU forwards: one thread avoids oversubscription when test workers share few cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_docstring_examples():
     assert doctest.testmod(zoo).failed == 0
 
