@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-import numpy as np
+
 import torch
 from torch import nn
 
-from aciq.theory import correction_terms
-
-from .calibrate import SiteSpec, candidate_errors, site_grid
-from .config import PerChannel, QuantConfig
-from .fake import codes as grid_codes
-from .fake import dequantize
-from .fold import fold_batchnorm, set_module
+from . import sequential
+from .calibrate import candidate_errors, needs_spread, site_grid
+from .config import QuantConfig
+from .fold import fold_and_trace, set_module
+from .hessian import hessian
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
 from .observe import Observer, Statistics
-from .trace import LAYER_TYPES, POOL_TYPES, RELU_TYPES, trace
+from .plan import make_plan, observed_sites
+from .trace import LAYER_TYPES, POOL_TYPES, RELU_TYPES
+from .weights import quantize_weights
 
 __all__ = ["quantize", "prepare", "collect_statistics", "convert", "Prepared", "as_batches"]
 
@@ -69,6 +69,7 @@ class Prepared:
     folded: list = field(default_factory=list)
     first: str | None = None
     last: str | None = None
+    caps: dict = field(default_factory=dict)     # layer -> the known upper bound of its input (ReLU6, clamp)
 
     def shapes(self) -> dict:
         return {n: tuple(self.model.get_submodule(n).weight.shape) for n in self.layers}
@@ -79,8 +80,26 @@ def _check_config(config) -> None:
         raise ValueError(f"config must be a QuantConfig (see aciq.quant.PRESETS), got {type(config).__name__}")
 
 
+def _cap_of(module: nn.Module):
+    """The upper bound a module puts on its (non-negative) output, or None."""
+    if isinstance(module, nn.ReLU6):
+        return 6.0
+    if isinstance(module, nn.Hardtanh) and module.min_val >= 0:
+        return float(module.max_val)
+    return None
+
+
+def _input_caps(tr, names: dict, layers: list) -> dict:
+    caps = {}
+    for n in layers:
+        found = [c for c in (_cap_of(names[p]) for p in tr.producers(n)) if c is not None]
+        if found:
+            caps[n] = min(found)
+    return caps
+
+
 def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Prepared:
-    """Fold a copy of ``model`` and trace it on ``example``.
+    """Fold a copy of ``model`` and trace it on ``example`` (two forwards of one image).
 
     The first layer is the first conv/linear called, the last the last ``nn.Linear`` called (else the last
     layer), both found before ``config.skip`` is applied: skipping the first conv leaves it in float and
@@ -94,8 +113,7 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Pre
         p.requires_grad_(False)
     device = next((p.device for p in m.parameters()), torch.device("cpu"))
     example = example[:1].to(device)
-    folded = fold_batchnorm(m, example)
-    tr = trace(m, example)
+    folded, tr = fold_and_trace(m, example)
     names = dict(m.named_modules())
     for s in config.skip:
         if s not in names:
@@ -116,230 +134,137 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Pre
         raise ValueError(f"skip: every conv/linear layer is skipped ({all_layers[:5]}...): nothing to quantize")
     fused = {n: any(isinstance(names[c], RELU_TYPES) for c in tr.consumers(n)) for n in layers}
     pools = [n for n in tr.order(POOL_TYPES) if n not in config.skip] if config.pool_bits else []
-    return Prepared(model=m, layers=layers, pools=pools, fused=fused, folded=folded, first=first, last=last)
-
-
-# --------------------------------------------------------------------------- site specs
-def _layer_bits(p: Prepared, name: str, config: QuantConfig, kind: str):
-    bits = config.weight_bits if kind == "weight" else config.act_bits
-    if bits is None:
-        return None, False
-    if name == p.first and config.first_layer_bits is not None:
-        return config.first_layer_bits, True
-    if name == p.last and config.last_layer_bits is not None:
-        return config.last_layer_bits, True
-    return bits, False
-
-
-def _act_spec(p: Prepared, site: str, stats, config: QuantConfig) -> SiteSpec | None:
-    layer, _, where = site.rpartition(":")
-    if where == "pool":
-        return SiteSpec(clipping="minmax", bits=config.pool_bits, per_channel=False,
-                        half=bool(stats.min.min() >= 0) if config.half_range == "auto" else bool(config.half_range))
-    if (where == "input") != (config.act_site == "input"):
-        return None
-    bits, override = _layer_bits(p, layer, config, "act")
-    if bits is None:
-        return None
-    fused = where == "output" and p.fused.get(layer, False)
-    if config.half_range == "auto":
-        half = fused or (where == "input" and bool(stats.min.min() >= 0))
-    else:
-        half = bool(config.half_range)
-        fused = fused and half
-    per_channel = isinstance(config.act_granularity, PerChannel)
-    return SiteSpec(clipping=config.act_clipping, bits=bits, per_channel=per_channel, half=half, fused=fused,
-                    alloc=None if override else config.act_bit_alloc, avg_bits=config.act_avg_bits,
-                    budget=config.alloc_budget, kstd=config.kstd, exact_prior=config.exact_prior,
-                    mse_candidates=config.mse_candidates)
-
-
-def _weight_spec(p: Prepared, name: str, config: QuantConfig) -> SiteSpec | None:
-    bits, override = _layer_bits(p, name, config, "weight")
-    if bits is None:
-        return None
-    return SiteSpec(clipping=config.weight_clipping, bits=bits,
-                    per_channel=isinstance(config.weight_granularity, PerChannel), half=False,
-                    alloc=None if override else config.weight_bit_alloc, avg_bits=config.weight_avg_bits,
-                    budget=config.alloc_budget, kstd=config.kstd, exact_prior=config.exact_prior,
-                    mse_candidates=config.mse_candidates)
-
-
-def _spec_key(spec: SiteSpec) -> dict:
-    return {"clipping": spec.clipping, "bits": spec.bits, "per_channel": spec.per_channel,
-            "half": spec.half, "fused": spec.fused, "candidates": spec.mse_candidates}
+    return Prepared(model=m, layers=layers, pools=pools, fused=fused, folded=folded, first=first, last=last,
+                    caps=_input_caps(tr, names, layers))
 
 
 # --------------------------------------------------------------------------- statistics
-def _sites(p: Prepared, config: QuantConfig) -> list[str]:
-    sites = [f"{n}:input" for n in p.layers]  # always: input means feed the on-grid bias correction
-    if config.act_site == "output":
-        sites += [f"{n}:output" for n in p.layers]
-    sites += [f"{n}:pool" for n in p.pools]
-    return sites
+def _device(model: nn.Module) -> torch.device:
+    return next((q.device for q in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
-def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str]) -> dict:
-    hist = config.kl_bins if config.act_clipping == "kl" else None  # only the kl calibrator reads histograms
-    observers = {s: Observer(s, hist_bins=hist) for s in sites}
+def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str]):
+    """Pass 1 (moments; Hessians for float-mode GPTQ), then the plan, then passes 2 and 3 where it needs them."""
+    observers = {}
+    for s in sites:
+        layer, _, where = s.rpartition(":")
+        observers[s] = Observer(s, hist_bins=None, cap=p.caps.get(layer) if where == "input" else None)
+    hess = {n: None for n in p.layers} if (config.weight_rounding == "gptq" and config.calibration == "float") \
+        else {}
     handles = []
     for site, obs in observers.items():
         name, _, where = site.rpartition(":")
         module = p.model.get_submodule(name)
         if where == "input":
-            handles.append(module.register_forward_pre_hook(lambda m, args, o=obs: o.record(args[0])))
+            def pre(m, args, o=obs, n=name):
+                o.record(args[0])
+                if o.phase == 1 and n in hess:
+                    h = hessian(m, args[0])
+                    hess[n] = h if hess[n] is None else hess[n] + h
+            handles.append(module.register_forward_pre_hook(pre))
         else:
             handles.append(module.register_forward_hook(lambda m, args, out, o=obs: o.record(out)))
-    device = next((q.device for q in p.model.parameters()), torch.device("cpu"))
-    todo = {}
+    device = _device(p.model)
+    plan = None
     try:
         for phase in (1, 2, 3):
+            if phase == 2:
+                plan = make_plan(p, config, {s: o.stats for s, o in observers.items()})
+                specs = plan.act_sites()
+                for site, obs in observers.items():
+                    spec = specs.get(site)
+                    wanted = spec is not None and needs_spread(spec)
+                    obs.hist_bins = spec.kl_bins if wanted and spec.clipping == "kl" else None
+                    obs.phase = 2 if wanted else 0
             if phase == 3:
                 for site, obs in observers.items():
-                    spec = _act_spec(p, site, obs.stats, config)
+                    spec = specs.get(site)
                     obs.candidates = candidate_errors(obs.stats, spec) if spec is not None else {}
-                    if obs.candidates:
-                        todo[site] = _spec_key(spec)
-                if not todo:
-                    break
-            for obs in observers.values():
-                obs.phase = phase if (phase < 3 or obs.candidates) else 0
+                    obs.phase = 3 if obs.candidates else 0
+            if not any(o.phase == phase for o in observers.values()):
+                continue
             for x in batches:
                 p.model(x.to(device))
     finally:
         for h in handles:
             h.remove()
-    stats = {s: o.stats for s, o in observers.items()}
-    return stats, todo
+    return {s: o.stats for s, o in observers.items()}, plan, {n: h for n, h in hess.items() if h is not None}
 
 
 def collect_statistics(model: nn.Module, config: QuantConfig, calibration_data, *,
                        prepared: Prepared | None = None) -> Statistics:
-    """Statistics of every site of ``model`` (folded) over ``calibration_data``."""
+    """Statistics of every site of ``model`` (folded) over ``calibration_data``, on the float model."""
     _check_config(config)
     batches = as_batches(calibration_data)
     p = prepared if prepared is not None else prepare(model, batches[0], config)
-    stats, error_specs = _run_passes(p, config, batches, _sites(p, config))
+    stats, _, hess = _run_passes(p, config, batches, observed_sites(p, config))
     return Statistics(sites=stats, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
-                      extra={"error_specs": error_specs, "config": config.to_dict()})
-
-
-# --------------------------------------------------------------------------- weights
-def _weight_stats(w2d: torch.Tensor, spec: SiteSpec, name: str):
-    obs = Observer(f"{name}.weight", hist_bins=None)
-    rows = w2d.detach().double()   # (O, K): one row per output channel
-    for phase in (1, 2):
-        obs.phase = phase
-        obs.record_rows(rows, axis=0, ndim=2)
-    obs.candidates = candidate_errors(obs.stats, spec)
-    if obs.candidates:
-        obs.phase = 3
-        obs.record_rows(rows, axis=0, ndim=2)
-    return obs.stats
-
-
-def _bias_inputs(layer: nn.Module, in_mean: np.ndarray) -> np.ndarray:
-    """Expected sum of the inputs each output channel sees (calibration means; padding ignored)."""
-    w = layer.weight
-    if isinstance(layer, nn.Linear):
-        return np.full(w.shape[0], in_mean.sum())
-    groups = layer.groups
-    per_group = in_mean.reshape(groups, -1).sum(1) * (w.shape[2] * w.shape[3])
-    return np.repeat(per_group, w.shape[0] // groups)
-
-
-def _quantize_weight(p: Prepared, name: str, config: QuantConfig, in_stats) -> LayerQuant | None:
-    layer = p.model.get_submodule(name)
-    spec = _weight_spec(p, name, config)
-    w = layer.weight.detach()
-    bias = None if layer.bias is None else layer.bias.detach().double().clone()
-    info = {}
-    if spec is None:
-        return LayerQuant(name, weight_grid=None, codes=None, weight=w, bias=layer.bias, scale_factor=None,
-                          act_in=None, act_out=None, info=info)
-    w2d = w.reshape(w.shape[0], -1).double()
-    stats = _weight_stats(w2d, spec, name)
-    grid, info["weight"] = site_grid(stats, spec, axis=0)
-    q_t = grid_codes(w2d, grid, dtype=torch.uint8)     # 0..255 (bits <= 8)
-    w_hat = dequantize(q_t, grid, dtype=w2d.dtype)     # == fake_quantize(w2d, grid)
-    q = q_t.cpu().numpy()
-    scale_factor = None
-    if config.bias_correction != "off":
-        terms = correction_terms(w2d.cpu().numpy(), w_hat.cpu().numpy(), mode=config.bias_correction,
-                                 form="seed", axis=0)
-        xi = torch.as_tensor(terms.scale_factor, dtype=w_hat.dtype, device=w_hat.device)
-        offset = torch.as_tensor(terms.offset, dtype=w_hat.dtype, device=w_hat.device)
-        if config.bias_form == "seed":
-            w_hat = xi[:, None] * w_hat + offset[:, None]
-        else:  # on-grid: xi scales the channel's step; the offset times E[sum of inputs] joins the bias
-            w_hat = xi[:, None] * w_hat
-            scale_factor = terms.scale_factor
-            shift = torch.as_tensor(terms.offset * _bias_inputs(layer, in_stats.mean), dtype=torch.float64,
-                                    device=w_hat.device)
-            bias = shift if bias is None else bias + shift
-        info["bias_correction"] = {"mode": config.bias_correction, "form": config.bias_form,
-                                   "mean_abs_offset": float(np.abs(terms.offset).mean()),
-                                   "mean_scale_factor": float(np.mean(terms.scale_factor))}
-    return LayerQuant(name, weight_grid=grid, codes=q, weight=w_hat.reshape(w.shape).to(w.dtype),
-                      bias=None if bias is None else bias.to(w.dtype), scale_factor=scale_factor,
-                      act_in=None, act_out=None, info=info)
+                      hessians=hess)
 
 
 # --------------------------------------------------------------------------- convert
-def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend: str = "fake") -> nn.Module:
-    """Swap every layer of the prepared copy for its quantized version."""
+def _attach(p: Prepared, name: str, q: LayerQuant, backend: str) -> nn.Module:
+    layer = p.model.get_submodule(name)
+    new = KernelLayer(layer, q) if backend == "kernels" else QuantizedLayer(layer, q)
+    new.to(layer.weight.device)     # the buffers are made on the CPU; follow the model
+    set_module(p.model, name, new)
+    return new
+
+
+def _check_backend(config: QuantConfig, backend: str) -> None:
     if backend not in ("fake", "kernels"):
         raise ValueError(f"backend must be 'fake' or 'kernels', got {backend!r}")
+    if backend == "kernels" and config.act_site != "input":
+        raise ValueError("backend='kernels' quantizes activations as they load: it needs act_site='input'")
+    if backend == "kernels" and config.weights_off_grid:
+        raise ValueError("backend='kernels' needs integer weights: use bias_form='on-grid' (the seed form moves "
+                         "weights off the grid)")
+
+
+def _site_grid(site: str, stats, spec):
+    try:
+        return site_grid(stats, spec, axis=stats.axis)
+    except ValueError as exc:
+        raise ValueError(f"site {site}: {exc}") from None
+
+
+def _finish(model: nn.Module, config: QuantConfig, report: dict, folded: list) -> nn.Module:
+    model.aciq_config = config
+    model.aciq_report = report
+    model.aciq_folded = folded
+    return model
+
+
+def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend: str = "fake") -> nn.Module:
+    """Swap every layer of the prepared copy for its quantized version (float-model statistics)."""
+    _check_backend(config, backend)
+    if config.calibration != "float":
+        raise ValueError("convert() reads float-model statistics; calibration='sequential' quantizes while it "
+                         "observes: use quantize() (or aciq.quant.sequential.calibrate)")
     statistics.check_model(p.shapes())
-    sites = _sites(p, config)
+    sites = observed_sites(p, config)
     missing = [s for s in sites if s not in statistics.sites]
     if missing:
         raise ValueError(f"statistics lack sites {missing[:3]} that this config quantizes "
                          f"(collected with act_site/pool_bits different from this config?)")
     stats = statistics.sites
-    for site in sites:
-        spec = _act_spec(p, site, stats[site], config)
-        if spec is not None and spec.clipping in ("mse", "mix"):
-            want = statistics.extra.get("error_specs", {}).get(site)
-            if want != _spec_key(spec):
-                raise ValueError(f"statistics for site {site} hold no {spec.clipping} errors for this config "
-                                 f"(file: {want}, config: {_spec_key(spec)}); collect them with this config")
-    grids = {}
-    for site in sites:
-        spec = _act_spec(p, site, stats[site], config)
-        if spec is not None:
-            axis = stats[site].axis
-            grids[site] = site_grid(stats[site], spec, axis=axis)
-    if backend == "kernels" and config.act_site != "input":
-        raise ValueError("backend='kernels' quantizes activations as they load: it needs act_site='input'")
-    if backend == "kernels" and config.bias_correction != "off" and config.bias_form == "seed":
-        raise ValueError("backend='kernels' needs integer weights: use bias_form='on-grid' (the seed form moves "
-                         "weights off the grid)")
-    model = p.model
-    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    plan = make_plan(p, config, stats)
+    grids = {site: _site_grid(site, stats[site], spec) for site, spec in plan.act_sites().items()}
     report = {}
-    for name in p.layers:
-        q = _quantize_weight(p, name, config, stats[f"{name}:input"])
+    for name, spec in plan.layers.items():
+        q = quantize_weights(p.model.get_submodule(name), spec, in_mean=stats[f"{name}:input"].mean,
+                             hessian=statistics.hessians.get(name))
         gi, go = grids.get(f"{name}:input"), grids.get(f"{name}:output")
         q.act_in = gi[0] if gi else None
         q.act_out = go[0] if go else None
         q.info.update({"act_in": gi[1] if gi else None, "act_out": go[1] if go else None})
-        layer = model.get_submodule(name)
-        if backend == "kernels":
-            new = KernelLayer(layer, q)
-        else:
-            new = QuantizedLayer(layer, q)
-        new.to(layer.weight.device)     # the FakeQuant buffers are made on the CPU; follow the model
-        set_module(model, name, new)
+        _attach(p, name, q, backend)
         report[name] = q.info
-    for name in p.pools:
-        site = f"{name}:pool"
-        set_module(model, name, QuantizedOutput(model.get_submodule(name), grids[site][0]).to(device))
-    model.aciq_config = config
-    model.aciq_report = report
-    model.aciq_folded = p.folded
-    return model
+    for name in plan.pools:
+        module = QuantizedOutput(p.model.get_submodule(name), grids[f"{name}:pool"][0])
+        set_module(p.model, name, module.to(_device(p.model)))
+    return _finish(p.model, config, report, p.folded)
 
 
 def quantize(model: nn.Module, config: QuantConfig, calibration_data=None, *, statistics=None,
@@ -381,6 +306,13 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_data=None, *, st
     else:
         batches = as_batches(calibration_data)
     p = prepare(model, batches[0], config)
+    if config.calibration == "sequential":
+        if statistics is not None:
+            raise ValueError("calibration='sequential' measures each layer's statistics on the partly quantized "
+                             "model: statistics= applies to calibration='float' only")
+        _check_backend(config, backend)
+        report = sequential.calibrate(p, config, batches, backend=backend)
+        return _finish(p.model, config, report, p.folded)
     if statistics is None:
         statistics = collect_statistics(model, config, batches, prepared=p)
     return convert(p, config, statistics, backend=backend)

@@ -27,7 +27,8 @@ from aciq.theory.allocation import optimal_integer_bits, paper_bits
 from .fake import GridParams, fake_quantize, grid_params
 from .observe import SiteStats
 
-__all__ = ["SiteSpec", "unit_alpha", "site_window", "site_grid", "candidate_errors", "allocate_bits"]
+__all__ = ["SiteSpec", "error_key", "needs_spread", "unit_alpha", "site_window", "site_grid", "candidate_errors",
+           "allocate_bits"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,28 @@ class SiteSpec:
     kstd: float = 2.0
     exact_prior: str = "laplace"
     mse_candidates: int = 100
+    kl_bins: int = 2048
+    cap: object = None           # float or per-channel array: the site is the output of a ReLU6 / clamp
+
+
+def error_key(spec: SiteSpec) -> str:
+    """The name under which pass 3 stores the candidate errors that ``spec`` reads (they depend on the
+    windows tried, hence on the mode, bits, granularity and range of the site)."""
+    parts = [spec.clipping, f"b{spec.bits}", "pc" if spec.per_channel else "pt", "half" if spec.half else "full"]
+    if spec.fused:
+        parts.append("fused")
+    if spec.clipping == "mse":
+        parts.append(f"n{spec.mse_candidates}")
+    if spec.cap is not None:
+        parts.append("cap")
+    return ":".join(parts)
+
+
+def needs_spread(spec: SiteSpec) -> bool:
+    """Whether ``spec`` reads pass-2 statistics (absolute deviation, histograms) or pass-3 errors."""
+    laplace = spec.clipping in ("laplace", "mix") or (spec.clipping == "exact" and spec.exact_prior == "laplace")
+    signed = not spec.half or spec.fused        # the non-negative half range uses pass-1 moments of x > 0
+    return (laplace and signed) or spec.clipping in ("kl", "mse")
 
 
 def unit_alpha(mode: str, bits, *, half: bool, exact_prior: str = "laplace") -> np.ndarray:
@@ -110,18 +133,14 @@ def site_window(stats: SiteStats, mode: str, bits: np.ndarray, spec: SiteSpec):
             return np.zeros(1), np.minimum(np.array([alpha]), stats.max)
         return np.maximum(np.array([-alpha]), stats.min), np.minimum(np.array([alpha]), stats.max)
     if mode == "mse":
-        err = stats.errors.get("mse")
-        if err is None:
-            raise ValueError("mse clipping needs the candidate errors of pass 3")
+        err = _errors(stats, spec)
         err = np.atleast_2d(err)
         k = np.argmin(err, axis=1)                    # first minimum: the smallest window among ties
         frac = (k + 1) / err.shape[1]
         lo, hi = _minmax(stats, spec)
         return lo * frac, hi * frac
     if mode == "mix":
-        err = stats.errors.get("mix")
-        if err is None:
-            raise ValueError("mix clipping needs the candidate errors of pass 3")
+        err = _errors(stats, spec)
         choice = np.argmin(np.atleast_2d(err), axis=1)  # 0 laplace, 1 gauss, 2 minmax (ties: laplace)
         windows = [site_window(stats, m, bits, spec) for m in ("laplace", "gauss", "minmax")]
         lo = np.choose(choice, [w[0] for w in windows])
@@ -131,6 +150,16 @@ def site_window(stats: SiteStats, mode: str, bits: np.ndarray, spec: SiteSpec):
 
 
 MIX_CANDIDATES = ("laplace", "gauss", "minmax")
+
+
+def _errors(stats: SiteStats, spec: SiteSpec) -> np.ndarray:
+    key = error_key(spec)
+    err = stats.errors.get(key)
+    if err is None:
+        have = sorted(stats.errors) or "none"
+        raise ValueError(f"{spec.clipping} clipping needs the candidate errors {key!r} of pass 3; the statistics "
+                         f"hold {have}: collect them with this config")
+    return err
 
 
 def _grid_rows(grid: GridParams, rows: slice) -> GridParams:
@@ -151,10 +180,8 @@ def candidate_errors(stats: SiteStats, spec: SiteSpec):
         lo, hi = _minmax(view, spec)
         windows = [(lo * k / spec.mse_candidates, hi * k / spec.mse_candidates)
                    for k in range(1, spec.mse_candidates + 1)]
-        name = "mse"
     elif spec.clipping == "mix":
         windows = [site_window(view, m, bits, spec) for m in MIX_CANDIDATES]
-        name = "mix"
     else:
         return {}
     grids = [grid_params(lo, hi, bits, axis=0) for lo, hi in windows]
@@ -170,7 +197,7 @@ def candidate_errors(stats: SiteStats, spec: SiteSpec):
         out = torch.stack([((x - fake_quantize(x, g)) ** 2).sum(1) for g in block], dim=1)
         return out if spec.per_channel else out[0]
 
-    return {name: errors}
+    return {error_key(spec): errors}
 
 
 def allocate_bits(alphas: np.ndarray, spec: SiteSpec) -> np.ndarray:

@@ -15,12 +15,17 @@ import dataclasses
 from dataclasses import dataclass, field
 
 __all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "preset", "CLIPPING_MODES",
-           "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES"]
+           "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES", "CALIBRATION_MODES", "WEIGHT_ROUNDING",
+           "GPTQ_ORDERS", "EQUALIZE_RULES"]
 
 CLIPPING_MODES = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
-BIAS_CORRECTION = ("off", "mean", "mean+variance")
+BIAS_CORRECTION = ("off", "mean", "mean+variance", "empirical")
 BIAS_FORMS = ("seed", "on-grid")
 ALLOCATION_RULES = (None, "paper", "optimal")
+CALIBRATION_MODES = ("float", "sequential")
+WEIGHT_ROUNDING = ("nearest", "gptq")
+GPTQ_ORDERS = ("descending", "natural")
+EQUALIZE_RULES = (None, "weights", "activations")
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,12 @@ class QuantConfig:
     act_avg_bits, weight_avg_bits : float or None
         Average bits per channel under allocation (default: ``act_bits`` / ``weight_bits``).
     alloc_budget : {"bins", "bits"}
-    bias_correction : {"off", "mean", "mean+variance"}
-        Weight bias correction per output channel (eq. 12, 13).
+    bias_correction : {"off", "mean", "mean+variance", "empirical"}
+        Weight bias correction per output channel: ``mean`` and ``mean+variance`` are the paper's analytic
+        eq. 12, 13 (from the weights alone); ``empirical`` moves into the bias the mean output error measured on
+        the calibration data with the layer and all its predecessors quantized (weights and activations: DFQ's
+        empirical form), so it corrects the mean shift of activation clipping too; it needs
+        ``calibration="sequential"``.
     bias_form : {"seed", "on-grid"}
         ``seed``: the corrected weights ``xi (w_q - m_q) + m`` (off the integer grid, reproduces the seed);
         ``on-grid``: the integer codes stay, ``xi`` multiplies the channel's scale and the offset
@@ -106,6 +115,35 @@ class QuantConfig:
         Histogram bins of ``kl``.
     skip : tuple of str
         Module names (``named_modules``) left in float.
+    calibration : {"float", "sequential"}
+        Where the statistics come from. ``float`` (the paper's): every site is observed on the float model, in
+        1-3 passes over the calibration batches. ``sequential``: the layers are quantized one at a time in
+        execution order, with the whole calibration set as one batch, and each layer's input statistics,
+        Hessian and empirical bias correction come from the model whose predecessors are already quantized,
+        i.e. from what the layer will see (:mod:`aciq.quant.sequential`). Needs ``act_site="input"``.
+    weight_rounding : {"nearest", "gptq"}
+        ``gptq``: second-order rounding of each layer's weights on its grid (:func:`aciq.theory.gptq_round`),
+        compensating the rounding error of each column in the columns not yet rounded through the inverse of
+        the layer-input Hessian :math:`H = X^T X` (one per group for grouped and depthwise convs): the float
+        model's inputs with ``calibration="float"`` (a calibration statistic, saved with the others), the
+        quantized predecessors' with ``calibration="sequential"``.
+    gptq_damp : float
+        Damping added to the Hessian's diagonal, as a fraction of its mean diagonal (GPTQ's lambda).
+    gptq_order : {"descending", "natural"}
+        Column order: descending Hessian diagonal (GPTQ's act-order) or the weight's own order.
+    act_cap : {"auto", "off"}
+        Bounded activations: ``auto`` knows that the output of a ReLU6, a Hardtanh or an equalization clamp is
+        capped, never places a clipping value above the cap and models the mass saturated at the cap
+        (:func:`aciq.theory.optimal_alpha_capped`); ``off`` treats every site as unbounded (the paper).
+    equalize : {None, "weights", "activations"}
+        Cross-layer equalization before calibration (:mod:`aciq.quant.equalize`): rescale paired output/input
+        channels of consecutive layers through ReLU, ReLU6 (which becomes a per-channel clamp) and identity.
+        ``weights`` balances the two layers' per-channel weight ranges (Nagel et al., DFQ);
+        ``activations`` moves the per-channel ranges of the activation between them into the second layer's
+        weights, so that one per-tensor grid fits every channel (what integer hardware runs).
+    absorb_bias : bool
+        With ``equalize``: move the part of each equalized channel's bias that the activation never goes below
+        into the next layer's bias (DFQ's bias absorption), where that is exact.
     """
 
     weight_bits: int | None = 4
@@ -131,6 +169,13 @@ class QuantConfig:
     mse_candidates: int = 100
     kl_bins: int = 2048
     skip: tuple = ()
+    calibration: str = "float"
+    weight_rounding: str = "nearest"
+    gptq_damp: float = 0.01
+    gptq_order: str = "descending"
+    act_cap: str = "off"
+    equalize: str | None = None
+    absorb_bias: bool = False
 
     def __post_init__(self):
         for name in ("weight_bits", "act_bits", "first_layer_bits", "last_layer_bits", "pool_bits"):
@@ -154,6 +199,26 @@ class QuantConfig:
         _choice("bias_form", self.bias_form, BIAS_FORMS)
         _choice("half_range", self.half_range, ("auto", True, False))
         _choice("act_site", self.act_site, ("input", "output"))
+        _choice("calibration", self.calibration, CALIBRATION_MODES)
+        _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDING)
+        _choice("gptq_order", self.gptq_order, GPTQ_ORDERS)
+        _choice("act_cap", self.act_cap, ("auto", "off"))
+        _choice("equalize", self.equalize, EQUALIZE_RULES)
+        if not isinstance(self.absorb_bias, bool):
+            raise ValueError(f"absorb_bias must be True or False, got {self.absorb_bias!r}")
+        if isinstance(self.gptq_damp, bool) or not (isinstance(self.gptq_damp, (int, float))
+                                                     and 0 <= self.gptq_damp < float("inf")):
+            raise ValueError(f"gptq_damp must be a non-negative number, got {self.gptq_damp!r}")
+        if self.calibration == "sequential" and self.act_site != "input":
+            raise ValueError("calibration='sequential' quantizes each layer's input as it arrives: it needs "
+                             "act_site='input'")
+        if self.bias_correction == "empirical" and self.calibration != "sequential":
+            raise ValueError("bias_correction='empirical' measures the output error with the predecessors "
+                             "quantized: it needs calibration='sequential'")
+        if self.weight_rounding == "gptq" and self.weight_bits is None:
+            raise ValueError("weight_rounding='gptq' needs weight_bits")
+        if self.absorb_bias and self.equalize is None:
+            raise ValueError("absorb_bias needs equalize ('weights' or 'activations')")
         if isinstance(self.kstd, bool) or not (isinstance(self.kstd, (int, float)) and 0 < self.kstd < float("inf")):
             raise ValueError(f"kstd must be a positive number, got {self.kstd!r}")
         for name in ("mse_candidates", "kl_bins"):
@@ -209,9 +274,24 @@ class QuantConfig:
             parts.append(f"alloc-a:{self.act_bit_alloc}")
         if self.weight_bit_alloc:
             parts.append(f"alloc-w:{self.weight_bit_alloc}")
-        if self.bias_correction != "off":
+        if self.bias_correction == "empirical":
+            parts.append("bias:empirical")
+        elif self.bias_correction != "off":
             parts.append(f"bias:{self.bias_correction}/{self.bias_form}")
+        if self.weight_rounding != "nearest":
+            parts.append(f"round:{self.weight_rounding}")
+        if self.act_cap != "off":
+            parts.append(f"cap:{self.act_cap}")
+        if self.equalize:
+            parts.append(f"eq:{self.equalize}" + ("+absorb" if self.absorb_bias else ""))
+        if self.calibration != "float":
+            parts.append(f"calib:{self.calibration}")
         return " ".join(parts)
+
+    @property
+    def weights_off_grid(self) -> bool:
+        """The seed form of the analytic bias correction moves the weights off their integer grid."""
+        return self.bias_correction in ("mean", "mean+variance") and self.bias_form == "seed"
 
 
 _PC_W, _PC_A, _PT = PerChannel(axis=0), PerChannel(axis=1), PerTensor()

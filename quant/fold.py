@@ -20,7 +20,7 @@ from torch import nn
 
 from .trace import BN_TYPES, LAYER_TYPES, trace
 
-__all__ = ["fold_batchnorm", "set_module"]
+__all__ = ["fold_batchnorm", "fold_and_trace", "set_module"]
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -77,10 +77,17 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, *, rtol: float = 1e-
     stay within ``rtol`` of the original's scale; a pair that breaks this (its conv output is also used by a
     functional op the trace cannot see) is left unfolded.
     """
+    return fold_and_trace(model, example, rtol=rtol)[0]
+
+
+@torch.no_grad()
+def fold_and_trace(model: nn.Module, example: torch.Tensor, *, rtol: float = 1e-3):
+    """:func:`fold_batchnorm`, returning ``(pairs, trace of the folded model)``: two forwards in all (the trace
+    before folding gives the reference output, the trace after it the output that is checked)."""
     if model.training:
         raise ValueError("model must be in eval mode (model.eval()) to fold BatchNorm")
-    ref = model(example)
     tr = trace(model, example)
+    ref = tr.output
     pairs = []
     for name, module in model.named_modules():
         if not isinstance(module, BN_TYPES) or not module.track_running_stats or tr.count(name) != 1:
@@ -95,6 +102,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, *, rtol: float = 1e-
                 or layer.weight.shape[0] != module.num_features):
             continue
         pairs.append((layer_name, name))
+    if not pairs:
+        return pairs, tr
 
     saved = {}
 
@@ -119,8 +128,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, *, rtol: float = 1e-
 
     for pair in pairs:
         apply(pair)
-    if not pairs or _close(model(example), ref, rtol)[0]:
-        return pairs
+    after = trace(model, example)
+    if _close(after.output, ref, rtol)[0]:
+        return pairs, after
     for pair in pairs:        # some fold is wrong: keep only the pairs that leave the output unchanged
         undo(pair)
     kept = []
@@ -130,8 +140,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, *, rtol: float = 1e-
             kept.append(pair)
         else:
             undo(pair)
-    ok, err, tol = _close(model(example), ref, rtol)
+    after = trace(model, example)
+    ok, err, tol = _close(after.output, ref, rtol)
     if not ok:  # pragma: no cover - each kept pair was checked on its own
         raise ValueError(f"BatchNorm folding changed the model output by {err:.3g} (> {tol:.3g}); "
                          f"pairs folded: {kept}")
-    return kept
+    return kept, after

@@ -7,28 +7,176 @@ activations quantized as they load). :class:`QuantizedOutput` quantizes the outp
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .fake import FakeQuant, GridParams
 
-__all__ = ["QuantizedLayer", "KernelLayer", "QuantizedOutput", "LayerQuant"]
+__all__ = ["QuantizedLayer", "KernelLayer", "QuantizedOutput", "LayerQuant", "ActCodes"]
 
 
 class LayerQuant:
-    """Everything decided for one layer: grids, integer codes and the final weight/bias (plain data)."""
+    """Everything decided for one layer: grids, integer codes and the final weight/bias (plain data).
+
+    The weight the layer computes with is ``row_scale[o] (codes - z) + row_offset[o]`` per output row ``o``
+    (``fill`` for a 0-bit row): ``row_scale`` is the grid's step times the on-grid correction factor
+    ``scale_factor``, ``row_offset`` the seed-form bias correction's offset (weights off the grid), else None.
+    """
 
     def __init__(self, name: str, *, weight_grid: GridParams | None, codes: np.ndarray | None,
                  weight: torch.Tensor, bias: torch.Tensor | None, scale_factor: np.ndarray | None,
-                 act_in: GridParams | None, act_out: GridParams | None, info: dict):
+                 act_in: GridParams | None, act_out: GridParams | None, info: dict,
+                 row_offset: np.ndarray | None = None):
         self.name, self.weight_grid, self.codes = name, weight_grid, codes
         self.weight, self.bias, self.scale_factor = weight, bias, scale_factor
         self.act_in, self.act_out, self.info = act_in, act_out, info
+        self.row_offset = row_offset
+
+
+_EXACT = {torch.float32: float(1 << 24), torch.float64: float(1 << 52)}
+
+
+def _channel_view(t: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    if t.ndim == 0:
+        return t
+    view = [1] * like.ndim
+    view[axis] = -1
+    return t.reshape(view)
+
+
+class ActCodes(nn.Module):
+    """The integer codes of an activation grid, minus the zero point: ``clamp(round(x / s), -z, qmax - z)``.
+
+    The arithmetic is :class:`~aciq.quant.fake.FakeQuant`'s (``FakeQuant(x) == s * ActCodes(x)``), stopped
+    before the multiplication by ``s``. A 0-bit channel gives 1: its value (``fill``) is carried by the
+    channel's multiplier in :class:`QuantizedLayer`.
+    """
+
+    def __init__(self, grid: GridParams):
+        super().__init__()
+        self.grid = grid
+        self.axis = grid.axis
+        per_channel = grid.axis is not None and np.ndim(grid.scale) > 0
+        self.per_channel = per_channel
+        self.register_buffer("scale", torch.as_tensor(grid.scale, dtype=torch.float32))
+        self.register_buffer("lo", torch.as_tensor(-grid.zero_point, dtype=torch.float32))
+        self.register_buffer("hi", torch.as_tensor(grid.qmax - grid.zero_point, dtype=torch.float32))
+        dead = grid.bits == 0
+        self.has_dead = bool(np.any(dead))
+        self.register_buffer("dead", torch.as_tensor(dead))
+        self._lo, self._hi = (None, None) if per_channel else (float(-grid.zero_point),
+                                                               float(grid.qmax - grid.zero_point))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis if self.axis is not None else 1
+        q = torch.div(x, _channel_view(self.scale, x, axis))
+        q.round_()
+        if not self.per_channel:
+            q.clamp_(self._lo, self._hi)
+        else:
+            torch.maximum(q, _channel_view(self.lo, x, axis), out=q)
+            torch.minimum(q, _channel_view(self.hi, x, axis), out=q)
+        if self.has_dead:
+            q = torch.where(_channel_view(self.dead, x, axis), torch.ones((), dtype=q.dtype, device=q.device), q)
+        return q
+
+    def extra_repr(self) -> str:
+        return f"bits={np.unique(self.grid.bits).tolist()}, axis={self.axis}"
+
+
+def _rows_of(values, n: int) -> np.ndarray:
+    v = np.asarray(values, np.float64)
+    return np.full(n, float(v)) if v.ndim == 0 else v.astype(np.float64)
+
+
+class _IntegerPlan:
+    """How a layer runs on integer codes: the integer weight (multipliers folded in), the scale of each output
+    row, the offset rows of the seed-form correction, the accumulation dtype, and the activation grid that the
+    codes are taken on (per-channel steps of a dense layer rounded to a common dyadic unit)."""
+
+    def __init__(self, layer: nn.Module, q: LayerQuant):
+        w = layer.weight
+        n_out = w.shape[0]
+        groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+        og = n_out // groups
+        cg = w.shape[1]
+        taps = int(np.prod(w.shape[2:])) if w.ndim > 2 else 1
+        wg = q.weight_grid
+        zp = _rows_of(wg.zero_point, n_out)
+        wint = q.codes.reshape(n_out, cg, taps).astype(np.float64) - zp[:, None, None]
+        wbits = np.broadcast_to(wg.bits, (n_out,))
+        row_scale = _rows_of(wg.scale, n_out) * (1.0 if q.scale_factor is None else q.scale_factor)
+        offset = None if q.row_offset is None else np.asarray(q.row_offset, np.float64).copy()
+        dead_w = wbits == 0
+        if dead_w.any():                                  # a 0-bit row is the constant fill
+            wint[dead_w] = 1.0
+            row_scale = np.where(dead_w, _rows_of(wg.fill, n_out), row_scale)
+            if offset is not None:
+                offset[dead_w] = 0.0
+        ag = q.act_in
+        xmax = float(np.max(np.maximum(ag.zero_point, ag.qmax - ag.zero_point)))
+        grid = ag
+        per_channel = ag.axis is not None and np.ndim(ag.scale) > 0
+        ones = np.ones((groups, cg, taps))                # the rows that sum each group's inputs (offsets)
+        if not per_channel:
+            mult_rows = np.full(n_out, float(ag.scale))
+            ones_scale = np.full(groups, float(ag.scale))
+        else:
+            a = np.where(ag.bits == 0, ag.fill, ag.scale).astype(np.float64)     # value of one code unit
+            xmax = max(xmax, 1.0)
+            if cg == 1:                                   # depthwise: one input channel per group
+                mult_rows = np.repeat(a, og)
+                ones_scale = a.copy()
+            else:                                         # dense: a common unit, integer multipliers
+                bound = cg * taps * xmax * max(float(np.abs(wint).max()), 1.0)
+                e = int(np.clip(np.floor(51 - np.log2(bound)), 0, 30))
+                unit = float(np.abs(a).max()) or 1.0
+                m = np.rint(a / unit * 2.0 ** e)
+                live = (ag.bits > 0) & (m == 0)
+                m[live] = np.sign(a[live]) + (a[live] == 0)      # keep a live channel's step positive
+                step = unit * 2.0 ** -e
+                mg = m.reshape(groups, cg)
+                wint = wint * np.repeat(mg, og, axis=0)[:, :, None]
+                ones = ones * mg[:, :, None]
+                mult_rows = np.full(n_out, step)
+                ones_scale = np.full(groups, step)
+                grid = GridParams(scale=np.where(ag.bits > 0, m * step, ag.scale), zero_point=ag.zero_point,
+                                  bits=ag.bits, fill=ag.fill, axis=ag.axis)
+        self.grid = grid
+        self.row_scale = row_scale * mult_rows
+        self.offset_scale = None if offset is None else offset * np.repeat(ones_scale, og)
+        if offset is not None:       # one extra output row per group: the sum of the group's inputs
+            wint = np.concatenate([wint.reshape(groups, og, cg, taps), ones[:, None]], axis=1)
+            wint = wint.reshape(groups * (og + 1), cg, taps)
+        bound = cg * taps * xmax * float(np.abs(wint).max() if wint.size else 0.0)
+        small = bound < _EXACT[torch.float32] and w.dtype != torch.float64
+        self.dtype = torch.float32 if small else torch.float64
+        if bound >= _EXACT[torch.float64]:
+            raise ValueError(f"layer {q.name}: integer sums up to {bound:.3g} are not exact in float64")
+        self.weight = torch.as_tensor(wint.reshape((wint.shape[0],) + tuple(w.shape[1:])), dtype=self.dtype)
+        self.groups, self.og = groups, og
 
 
 class QuantizedLayer(nn.Module):
-    """``act_out(layer(act_in(x)))`` with the layer's weight (and bias) replaced by the quantized ones."""
+    """A quantized conv/linear: ``act_out(layer(act_in(x)))`` with the layer's weight and bias replaced.
+
+    Where the input and the weight are both quantized (``act_site="input"``), the layer runs on the integer
+    codes: the convolution of the activation codes with the integer weight codes is a sum of integers, exact in
+    float32 while it stays below :math:`2^{24}` (else the layer accumulates in float64, exact below
+    :math:`2^{52}`); the scales and the bias are applied once afterwards, by separate multiply and add. The
+    result is therefore the same for any batch size, summation order and thread count. Per-channel activation
+    steps of a dense layer are rounded to integer multiples of a common unit, :math:`2^{-e}` times the largest
+    step with :math:`e` as large as float64 exactness allows (20-30 bits for the layers here), which keeps the
+    sum integer; a depthwise layer needs no rounding. Elsewhere (float input,
+    the output site) the layer computes with the dequantized weight, accumulating in float64 before an output
+    quantizer.
+
+    ``layer.weight`` holds the dequantized weight in every case (what reports and exporters read).
+    """
 
     def __init__(self, layer: nn.Module, q: LayerQuant):
         super().__init__()
@@ -37,17 +185,72 @@ class QuantizedLayer(nn.Module):
             if q.bias is not None:
                 layer.bias = nn.Parameter(q.bias.to(layer.weight.dtype), requires_grad=False)
         self.layer = layer
-        self.act_in = FakeQuant(q.act_in) if q.act_in is not None else None
-        self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
         self.quant = q
+        self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
+        self.channel_axis = -1 if isinstance(layer, nn.Linear) else 1
+        self.exact = q.act_in is not None and q.codes is not None
+        if self.exact:
+            plan = _IntegerPlan(layer, q)
+            self.act_in = ActCodes(plan.grid)
+            self.register_buffer("int_weight", plan.weight)
+            self.groups, self.og = plan.groups, plan.og
+            self.register_buffer("row_scale", torch.as_tensor(plan.row_scale, dtype=plan.dtype))
+            bias = torch.zeros(layer.weight.shape[0], dtype=torch.float64) if q.bias is None else q.bias.double()
+            self.register_buffer("out_bias", bias.to(plan.dtype))
+            self.has_offset = plan.offset_scale is not None
+            if self.has_offset:
+                self.register_buffer("offset_scale", torch.as_tensor(plan.offset_scale, dtype=plan.dtype))
+        else:
+            self.act_in = FakeQuant(q.act_in) if q.act_in is not None else None
+            self.float64 = copy.deepcopy(layer).double() if self.act_out is not None else None
+
+    def set_bias(self, bias: torch.Tensor) -> None:
+        """Replace the bias (the empirical bias correction measures it after the layer is built)."""
+        with torch.no_grad():
+            self.layer.bias = nn.Parameter(bias.to(self.layer.weight.dtype), requires_grad=False)
+            if self.exact:
+                self.out_bias = bias.to(self.out_bias.dtype).to(self.out_bias.device)
+            elif self.float64 is not None:
+                self.float64.bias = nn.Parameter(bias.double(), requires_grad=False)
+        self.quant.bias = self.layer.bias.detach()
+
+    def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The accumulator of the integer path, before scales and bias (integers, float dtype)."""
+        xi = self.act_in(x)
+        w = self.int_weight
+        if xi.dtype != w.dtype:
+            xi = xi.to(w.dtype)
+        # the layer's own forward (its padding, stride, groups) with the integer weight and no bias
+        return functional_call(self.layer, {"weight": w, "bias": None}, (xi,))
 
     def forward(self, x):
+        if self.exact:
+            acc = self.integer_forward(x)
+            ax = self.channel_axis
+            if self.has_offset:
+                acc, sums = self._split(acc)
+                y = acc * _channel_view(self.row_scale, acc, ax)
+                y = y + sums * _channel_view(self.offset_scale, acc, ax)
+            else:
+                y = acc * _channel_view(self.row_scale, acc, ax)
+            y = y + _channel_view(self.out_bias, y, ax)
+            return y.to(x.dtype)
         if self.act_in is not None:
             x = self.act_in(x)
-        y = self.layer(x)
-        if self.act_out is not None:
-            y = self.act_out(y)
-        return y
+        if self.act_out is None:
+            return self.layer(x)
+        return self.act_out(self.float64(x.double())).to(x.dtype)
+
+    def _split(self, acc: torch.Tensor):
+        """The weight rows' accumulators and each row's group input sum (the seed-form offset rows)."""
+        g, og = self.groups, self.og
+        if self.channel_axis == -1:
+            parts = acc.unflatten(-1, (g, og + 1))
+            main, sums = parts[..., :og], parts[..., og:]
+            return main.flatten(-2), sums.expand_as(main).flatten(-2)
+        parts = acc.unflatten(1, (g, og + 1))
+        main, sums = parts[:, :, :og], parts[:, :, og:]
+        return main.flatten(1, 2), sums.expand_as(main).flatten(1, 2)
 
 
 class QuantizedOutput(nn.Module):

@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["SiteStats", "Statistics", "Observer", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MOMENTS = ("n", "sum", "sumsq", "min", "max", "n_pos", "sum_pos", "sumsq_pos")
 
 
@@ -44,6 +44,8 @@ class SiteStats:
     hist_abs: np.ndarray | None = None      # |x| on [0, max|x|]
     hist_pos: np.ndarray | None = None      # x on (0, max] (positive part)
     errors: dict = field(default_factory=dict)  # name -> measured squared-error sums (C, K) or (K,)
+    cap: np.ndarray | None = None           # the site's known upper bound per channel (ReLU6, clamp) ...
+    n_cap: np.ndarray | None = None         # ... and how many values sat exactly on it (the saturated mass)
 
     # ---- per channel
     @property
@@ -83,11 +85,13 @@ class SiteStats:
         if self.absdev_tensor is not None:
             t.absdev = np.array([self.absdev_tensor])
         t.errors = {k: v[None] for k, v in self.errors.items() if v.ndim == 1}
+        if self.cap is not None and np.all(self.cap == self.cap.flat[0]):   # one cap for the whole tensor
+            t.cap, t.n_cap = self.cap[:1], one(self.n_cap)
         return t
 
     def to_arrays(self, prefix: str) -> dict:
         out = {f"{prefix}/{k}": getattr(self, k) for k in _MOMENTS}
-        for k in ("absdev", "hist_abs", "hist_pos"):
+        for k in ("absdev", "hist_abs", "hist_pos", "cap", "n_cap"):
             if getattr(self, k) is not None:
                 out[f"{prefix}/{k}"] = getattr(self, k)
         if self.absdev_tensor is not None:
@@ -100,7 +104,7 @@ class SiteStats:
     def from_arrays(cls, meta: dict, arrays: dict, prefix: str) -> "SiteStats":
         kw = {k: arrays[f"{prefix}/{k}"] for k in _MOMENTS}
         s = cls(channels=int(meta["channels"]), axis=int(meta["axis"]), ndim=int(meta["ndim"]), **kw)
-        for k in ("absdev", "hist_abs", "hist_pos"):
+        for k in ("absdev", "hist_abs", "hist_pos", "cap", "n_cap"):
             if f"{prefix}/{k}" in arrays:
                 setattr(s, k, arrays[f"{prefix}/{k}"])
         if f"{prefix}/absdev_tensor" in arrays:
@@ -121,15 +125,17 @@ class Observer(torch.nn.Module):
     ``phase`` selects what is recorded: 1 moments, 2 absolute deviation and histograms, 3 candidate-window
     errors (``candidates`` maps a name to a callable ``(rows, start) -> (len(rows), K)`` per channel or
     ``(K,)`` per tensor: error sums of a block of channels ``start, start+1, ...``).
-    ``hist_bins=None`` skips the histograms (weights: no weight calibrator reads them). NaN/Inf are caught
-    in phase 1 (later passes see the same tensors). Work goes by blocks of rows (:func:`_chunks`): the
+    ``hist_bins=None`` skips the histograms (only ``kl`` reads them). ``cap`` (a float or one per channel):
+    the site's known upper bound; phase 1 then also counts the values equal to it. NaN/Inf are caught in
+    phase 1 (later passes see the same tensors). Work goes by blocks of rows (:func:`_chunks`): the
     temporaries stay small, which matters for VGG-16's 100 M-weight classifier.
     """
 
-    def __init__(self, site: str, *, hist_bins: int | None = 2048):
+    def __init__(self, site: str, *, hist_bins: int | None = 2048, cap=None):
         super().__init__()
         self.site = site
         self.hist_bins = hist_bins
+        self.cap = cap
         self.phase = 1
         self.stats: SiteStats | None = None
         self.candidates: dict = {}
@@ -174,12 +180,21 @@ class Observer(torch.nn.Module):
                 parts[k].append(v)
         new = {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
         new["n"] = np.full(rows.shape[0], rows.shape[1], np.float64)
+        if self.cap is not None:
+            cap = np.array(np.broadcast_to(np.asarray(self.cap, np.float64), (rows.shape[0],)))
+            cap_t = torch.as_tensor(cap, dtype=rows.dtype, device=rows.device)
+            new["n_cap"] = torch.cat([(c == cap_t[i:i + c.shape[0], None]).sum(1).double() for i, c in
+                                      _blocks(rows)]).cpu().numpy()
         # NaN reaches the sums and min/max, +-Inf the max/min: no separate pass over the data
         if not (np.isfinite(new["sum"]).all() and np.isfinite(new["min"]).all() and np.isfinite(new["max"]).all()):
             raise ValueError(f"{self.site}: the calibration activations contain NaN or Inf")
         s = self.stats
+        n_cap = new.pop("n_cap", None)
         if s is None:
             self.stats = SiteStats(channels=rows.shape[0], axis=axis, ndim=ndim, **new)
+            if n_cap is not None:
+                self.stats.cap = np.array(np.broadcast_to(np.asarray(self.cap, np.float64), (rows.shape[0],)))
+                self.stats.n_cap = n_cap
             return
         if rows.shape[0] != s.channels:
             raise ValueError(f"{self.site}: {rows.shape[0]} channels, earlier batches had {s.channels}")
@@ -187,6 +202,8 @@ class Observer(torch.nn.Module):
             setattr(s, k, getattr(s, k) + new[k])
         s.min = np.minimum(s.min, new["min"])
         s.max = np.maximum(s.max, new["max"])
+        if n_cap is not None:
+            s.n_cap = s.n_cap + n_cap
 
     def _spread(self, rows):
         s = self.stats
@@ -228,6 +245,14 @@ def _chunks(rows: torch.Tensor):
     return rows.split(step, dim=0)
 
 
+def _blocks(rows: torch.Tensor):
+    """``(first row, block)`` for the blocks of :func:`_chunks`."""
+    start = 0
+    for c in _chunks(rows):
+        yield start, c
+        start += c.shape[0]
+
+
 @dataclass
 class Statistics:
     """Statistics of every observed site of one model, with what identifies the model."""
@@ -237,6 +262,7 @@ class Statistics:
     images: int = 0
     extra: dict = field(default_factory=dict)
     source: str | None = None        # the file these statistics were loaded from (for error messages)
+    hessians: dict = field(default_factory=dict)   # layer name -> (groups, k, k) sum of input patches x x^T
 
     def check_model(self, layers: dict, *, source: str | None = None) -> None:
         """Raise if these statistics were collected on a model with other layers or shapes."""
@@ -262,8 +288,13 @@ class Statistics:
             key = f"s{i}"
             arrays.update(s.to_arrays(key))
             sites[name] = {"key": key, "channels": s.channels, "axis": s.axis, "ndim": s.ndim}
+        hessians = {}
+        for i, (name, h) in enumerate(self.hessians.items()):
+            arrays[f"h{i}"] = h
+            hessians[name] = f"h{i}"
         meta = {"format": "aciq-statistics", "version": FORMAT_VERSION, "images": self.images,
-                "layers": {k: list(v) for k, v in self.layers.items()}, "sites": sites, "extra": self.extra}
+                "layers": {k: list(v) for k, v in self.layers.items()}, "sites": sites, "hessians": hessians,
+                "extra": self.extra}
         json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
         json_path.write_text(json.dumps(meta, indent=1))
         np.savez(npz_path, **arrays)
@@ -299,6 +330,12 @@ class Statistics:
                     raise ValueError(f"{npz_path} lacks array {exc} of site {name}") from None
             layers = {k: tuple(v) for k, v in meta["layers"].items()}
             images = int(meta["images"])
+            hessians = {}
+            for name, key in meta.get("hessians", {}).items():
+                if key not in arrays:
+                    raise ValueError(f"{npz_path} lacks the Hessian {key!r} of layer {name}")
+                hessians[name] = arrays[key]
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"statistics file {json_path} is malformed: {type(exc).__name__}: {exc}") from None
-        return cls(sites=sites, layers=layers, images=images, extra=meta.get("extra", {}), source=str(json_path))
+        return cls(sites=sites, layers=layers, images=images, extra=meta.get("extra", {}), source=str(json_path),
+                   hessians=hessians)

@@ -37,6 +37,7 @@ class Call:
 @dataclass
 class Trace:
     calls: list = field(default_factory=list)
+    output: object = None        # what the traced forward returned
 
     def consumers(self, name: str) -> list[str]:
         """Names of the modules that received the output of (each call of) ``name``."""
@@ -100,7 +101,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> Trace:
             handles.append(module.register_forward_pre_hook(pre_hook(name)))
             handles.append(module.register_forward_hook(hook(name)))
     try:
-        model(example)
+        result.output = model(example)
     finally:
         for h in handles:
             h.remove()

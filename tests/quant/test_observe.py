@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from aciq.quant import Statistics, collect_statistics, preset, quantize
-from aciq.quant.observe import Observer
+from aciq.quant.observe import FORMAT_VERSION, Observer
 
 
 def observe(batches, bins=64):
@@ -126,7 +126,7 @@ def test_statistics_for_another_config():
     torch.manual_seed(0)
     net, calib = Net().eval(), torch.randn(2, 3, 6, 6)
     stats = collect_statistics(net, preset("w4a4-pt-mse", mse_candidates=12), calib)
-    with pytest.raises(ValueError, match=r"site conv1:input hold no mse errors"):
+    with pytest.raises(ValueError, match=r"site conv1:input: mse clipping needs the candidate errors .mse:b8:pt:full:n20. of pass 3; the statistics hold \[.mse:b8:pt:full:n12.\]"):
         quantize(net, preset("w4a4-pt-mse", mse_candidates=20), calib, statistics=stats)
     with pytest.raises(ValueError, match="statistics lack sites"):
         quantize(net, preset("seed-w4a4-naive"), calib, statistics=stats)
@@ -156,7 +156,7 @@ def test_missing_and_corrupt_files(tmp_path):
     json_path.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match=r"s\.json is not an aciq statistics file"):
         Statistics.load(json_path)
-    json_path.write_text(json.dumps({"format": "aciq-statistics", "version": 1, "sites": {}}))
+    json_path.write_text(json.dumps({"format": "aciq-statistics", "version": FORMAT_VERSION, "sites": {}}))
     with pytest.raises(ValueError, match=r"s\.json is malformed"):
         Statistics.load(json_path)
     stats.save(tmp_path / "s")
@@ -171,7 +171,7 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_blocks_of_rows_give_the_same_statistics(monkeypatch, clipping, per_channel):
     """The observer works by blocks of channels (bounded temporaries); blocks of 1 row change nothing."""
     import aciq.quant.observe as observe_module
-    from aciq.quant.calibrate import SiteSpec, candidate_errors
+    from aciq.quant.calibrate import SiteSpec, candidate_errors, error_key
 
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.laplace(size=(16, 6, 5, 5)) * rng.uniform(0.5, 3, size=(1, 6, 1, 1)))
@@ -195,6 +195,7 @@ def test_blocks_of_rows_give_the_same_statistics(monkeypatch, clipping, per_chan
         np.testing.assert_array_equal(getattr(blocks, k), getattr(whole, k), err_msg=k)
     for k in ("sum", "sumsq", "sum_pos", "sumsq_pos", "absdev", "absdev_tensor"):
         np.testing.assert_allclose(getattr(blocks, k), getattr(whole, k), rtol=1e-12, err_msg=k)
-    assert whole.errors[clipping].shape == ((6, spec.mse_candidates if clipping == "mse" else 3) if per_channel
-                                            else (spec.mse_candidates if clipping == "mse" else 3,))
-    np.testing.assert_allclose(blocks.errors[clipping], whole.errors[clipping], rtol=1e-12)
+    key = error_key(spec)
+    assert whole.errors[key].shape == ((6, spec.mse_candidates if clipping == "mse" else 3) if per_channel
+                                       else (spec.mse_candidates if clipping == "mse" else 3,))
+    np.testing.assert_allclose(blocks.errors[key], whole.errors[key], rtol=1e-12)

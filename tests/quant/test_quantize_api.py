@@ -103,8 +103,10 @@ def test_calibration_does_not_depend_on_the_batch_size(net, images, name):
             for k in ("n", "n_pos", "hist_abs", "hist_pos"):
                 np.testing.assert_array_equal(getattr(s, k), getattr(r, k), err_msg=f"{site} {k}")
             for k in ("min", "max", "sum", "sumsq", "sum_pos", "sumsq_pos", "absdev"):
-                np.testing.assert_allclose(getattr(s, k), getattr(r, k), rtol=1e-12, atol=1e-12,
-                                           err_msg=f"{site} {k}")
+                a, b = getattr(s, k), getattr(r, k)
+                assert (a is None) == (b is None), (site, k)      # pass 2 runs only where a calibrator needs it
+                if a is not None:
+                    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{site} {k}")
             assert s.errors.keys() == r.errors.keys()
             for k in s.errors:
                 np.testing.assert_allclose(s.errors[k], r.errors[k], rtol=1e-12, err_msg=f"{site} {k}")

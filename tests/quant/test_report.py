@@ -9,7 +9,7 @@ from torch import nn
 import aciq.quant.report as report
 from aciq.quant import QuantConfig, code_lengths, preset, quantize
 from aciq.quant.fake import FakeQuant, codes
-from aciq.quant.modules import QuantizedLayer
+from aciq.quant.modules import ActCodes, QuantizedLayer
 from aciq.quant.report import counts_summary
 from aciq.theory.coding import code_length
 
@@ -57,7 +57,7 @@ def hooked_codes(qmodel, x):
             seen.setdefault(name, []).append(codes(args[0], module.grid).flatten().numpy())
         return fn
 
-    hs = [m.register_forward_hook(hook(n)) for n, m in qmodel.named_modules() if isinstance(m, FakeQuant)]
+    hs = [m.register_forward_hook(hook(n)) for n, m in qmodel.named_modules() if isinstance(m, (FakeQuant, ActCodes))]
     with torch.no_grad():
         for b in x:
             qmodel(b)
