@@ -147,16 +147,17 @@ def _check_hessian(h, name):
 
 
 def _per_row(value, rows, what, name):
-    """A per-output-row parameter as an array of shape ``rows`` (G, R): a scalar, one value per row in
-    the weight's row shape, or, for a grouped weight, the flat (G*R,) of a conv's output channels."""
+    """A per-output-row parameter as a float64 array of shape ``rows`` (G, R): a scalar, one value per
+    row in the weight's row shape, or, for a grouped weight, the flat (G*R,) of a conv's output channels."""
     arr = np.asarray(value)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        _fail(name, f"{what} must be numeric, got {value!r}")
+    arr = arr.astype(np.float64)
     if arr.ndim == 0:
         return np.broadcast_to(arr, rows)
     if arr.shape == rows:
         return arr
-    if arr.shape == (rows[1],) and rows[0] == 1:
-        return arr[None]
-    if arr.shape == (rows[0] * rows[1],):
+    if arr.shape in ((rows[1],), (rows[0] * rows[1],)) and (rows[0] == 1 or arr.size == rows[0] * rows[1]):
         return arr.reshape(rows)
     _fail(name, f"{what} must be a scalar or have one value per output row ({rows[0] * rows[1]}), "
                 f"got shape {arr.shape}")
@@ -165,29 +166,22 @@ def _per_row(value, rows, what, name):
 def _grid(scale, zero_point, bits, fill, rows, name):
     """(s, z, qmax, fill, live) per row, float64 (qmax, z integral), checked against each other."""
     bits = _per_row(bits, rows, "bits", name)
-    if not np.issubdtype(bits.dtype, np.number) or np.any(~np.isfinite(bits)) or np.any(bits != np.round(bits)):
+    if np.any(~np.isfinite(bits)) or np.any(bits != np.round(bits)):
         _fail(name, f"bits must be integers, got {np.unique(bits).tolist()}")
     if np.any(bits < 0) or np.any(bits > _MAX_BITS):
         _fail(name, f"bits must lie in 0..{_MAX_BITS}, got {np.unique(bits).tolist()}")
     live = bits > 0
     qmax = np.where(live, np.exp2(bits) - 1.0, 0.0)
-    try:
-        s = _per_row(scale, rows, "scale", name).astype(np.float64)
-        z = _per_row(zero_point, rows, "zero_point", name).astype(np.float64)
-        f = _per_row(fill, rows, "fill", name).astype(np.float64)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith("layer "):
-            raise
-        raise ValueError(f"layer {name!r}: scale, zero_point and fill must be numeric") from exc
+    s = _per_row(scale, rows, "scale", name)
+    z = _per_row(zero_point, rows, "zero_point", name)
+    f = _per_row(fill, rows, "fill", name)
     if np.any(live & ~(np.isfinite(s) & (s > 0))):
         _fail(name, "scale must be finite and > 0 in every row with bits > 0")
     if np.any(live & ~(np.isfinite(z) & (z == np.round(z)) & (z >= 0) & (z <= qmax))):
         _fail(name, "zero_point must be an integer in [0, 2^bits - 1] in every row with bits > 0")
     if np.any(~live & ~np.isfinite(f)):
         _fail(name, "fill must be finite in every row with 0 bits")
-    s = np.where(live, s, 1.0)
-    z = np.where(live, z, 0.0)
-    return s, z, qmax, f, live
+    return np.where(live, s, 1.0), np.where(live, z, 0.0), qmax, f, live
 
 
 def _order(order, diag, name):
@@ -223,7 +217,8 @@ def _row_objective(err, h):
 def _inverse_cholesky(h, damp, diag, dead, name):
     """Upper U with (H + lambda I)^{-1} = U^T U, per group, and lambda; dead columns made decoupled."""
     groups, k, _ = h.shape
-    live_mean = np.array([diag[g][~dead[g]].mean() if np.any(~dead[g]) else 1.0 for g in range(groups)])
+    count = np.count_nonzero(~dead, axis=1)
+    live_mean = np.where(count > 0, np.where(dead, 0.0, diag).sum(axis=1) / np.maximum(count, 1), 1.0)
     lam = damp * live_mean
     hd = h.copy()
     idx = np.arange(k)
@@ -237,8 +232,9 @@ def _inverse_cholesky(h, damp, diag, dead, name):
         bad = [g for g in range(groups) if not _is_positive_definite(flipped[g])]
         where = f" (group {bad[0]}{' and ' + str(len(bad) - 1) + ' more' if len(bad) > 1 else ''})" \
             if groups > 1 else ""
+        hint = "use damp > 0" if damp == 0 else "it is not positive semidefinite"
         _fail(name, f"hessian{where} is singular or not positive definite with damping lambda = "
-                    f"{lam[bad[0]]:.3g} (damp={damp:g}); use damp > 0")
+                    f"{lam[bad[0]]:.3g} (damp={damp:g}); {hint}")
     eye = np.broadcast_to(np.eye(k), low.shape)
     upper = solve_triangular(low, eye, lower=True)[:, ::-1, ::-1]   # J L^{-1} J
     return upper, lam

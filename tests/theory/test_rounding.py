@@ -272,6 +272,9 @@ def test_singular_hessian_needs_damping_and_names_the_layer():
         gptq_round(w, x.T @ x, scale=s, zero_point=z, bits=bits, damp=0.0, name="features.3")
     res = gptq_round(w, x.T @ x, scale=s, zero_point=z, bits=bits, damp=0.01)
     assert res.objective.sum() <= res.nearest_objective.sum()
+    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1: no damping of 1% repairs it
+    with pytest.raises(ValueError, match=r"layer 'fc'.*not positive semidefinite"):
+        gptq_round(np.ones((1, 2)), indefinite, scale=0.1, zero_point=4, bits=3, name="fc")
     h = np.stack([spd(rng, 6), x.T @ x, x.T @ x])
     with pytest.raises(ValueError, match=r"layer 'dw'.*group 1 and 1 more"):
         gptq_round(w[None].repeat(3, 0), h, scale=s[0], zero_point=z[0], bits=3, damp=0.0, name="dw")
@@ -304,6 +307,8 @@ GOOD = dict(scale=0.1, zero_point=4, bits=3)
     (np.ones((2, 3)), np.eye(3), dict(block=0), "block must be a positive integer"),
     (np.ones((2, 3)), np.eye(3), dict(damp=-0.1), "damp must be finite and >= 0"),
     (np.ones((2, 3)), np.eye(3), dict(damp="a"), "damp must be a number"),
+    (np.ones((2, 3)), np.eye(3), dict(scale="a"), "scale must be numeric"),
+    (np.ones((2, 3)), np.eye(3), dict(bits=True), "bits must be numeric"),
 ])
 def test_bad_input_raises_naming_the_layer(weight, hessian, kwargs, message):
     with pytest.raises(ValueError, match=r"layer 'conv7': .*" + message):
