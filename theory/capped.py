@@ -57,7 +57,7 @@ import numpy as np
 from scipy.optimize import elementwise
 from scipy.special import erf, gammainc
 
-from ._common import _as_float_array, check_bits, check_positive, check_prior, scalar_or_array
+from ._common import _as_float_array, check_bits, check_grid, check_positive, check_prior, scalar_or_array
 from .grids import _check_int_bits
 from .priors import _GL_NODES, _GL_WEIGHTS, _GL_WIDTH, _gauss_mass, _phi, _unit_cell_error
 
@@ -107,12 +107,6 @@ class CappedFit:
 
 
 # --------------------------------------------------------------------------- validation
-def _check_grid(grid) -> str:
-    if not isinstance(grid, str) or grid.lower() not in CAPPED_GRIDS:
-        raise ValueError(f"grid must be one of {CAPPED_GRIDS}, got {grid!r}")
-    return grid.lower()
-
-
 def _check_scale(scale) -> np.ndarray:
     """> 0, +inf allowed (the uniform limit)."""
     arr = _as_float_array(scale, "scale")
@@ -275,7 +269,7 @@ def capped_mse(alpha, *, prior, bits, cap, scale, cap_mass, grid="model"):
     1.546875
     """
     prior = check_prior(prior)
-    grid = _check_grid(grid)
+    grid = check_grid(grid, allowed=CAPPED_GRIDS)
     alpha = check_positive(alpha, "alpha")
     bits = _check_bits(bits, grid)
     cap = check_positive(cap, "cap")
@@ -384,7 +378,7 @@ def optimal_alpha_capped(*, prior, bits, cap, scale, cap_mass, grid="model") -> 
     True
     """
     prior = check_prior(prior)
-    grid = _check_grid(grid)
+    grid = check_grid(grid, allowed=CAPPED_GRIDS)
     bits = _check_bits(bits, grid)
     cap = check_positive(cap, "cap")
     scale = _check_scale(scale)

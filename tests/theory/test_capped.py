@@ -182,7 +182,7 @@ def test_the_model_optimum_is_below_the_cap_unless_everything_saturates():
 def test_exact_optimum_against_a_dense_scan(prior, bits):
     for scale, p in ((0.5, 0.0), (1.5, 0.05), (3.0, 0.3), (np.inf, 0.1)):
         res = optimal_alpha_capped(prior=prior, bits=bits, cap=6.0, scale=scale, cap_mass=p, grid="gemmlowp")
-        alpha = np.linspace(0.01, 6.0, 6000)
+        alpha = np.linspace(0.01, 6.0, 3000)
         scan = capped_mse(alpha, prior=prior, bits=bits, cap=6.0, scale=scale, cap_mass=p, grid="gemmlowp")
         assert res.converged and res.grid == "gemmlowp"
         assert res.mse <= scan.min() * (1 + 1e-12)
