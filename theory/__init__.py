@@ -1,6 +1,6 @@
 """aciq.theory: the mathematics of analytical post-training quantization.
 
-Pure functions of numpy/scipy (sympy only in :mod:`.derivation`, matplotlib only in
+Pure functions of numpy/scipy (sympy only in the ``*derivation`` modules, matplotlib only in
 :mod:`.figures`; neither is imported here). Units: ``alpha`` and ``scale`` share units
 (b for Laplace, sigma for Gauss); MSE is absolute (scale squared times the unit value).
 
@@ -15,11 +15,15 @@ empirical   seeded Monte Carlo and the error on any real array
 allocation  per-channel bin and bit allocation (eq. 10, 11)
 stats       robust scale estimates, prior choice, generalized-Gaussian fit
 bias        bias correction (eq. 12, 13)
+capped      clipping a capped activation (ReLU6): truncated prior + atom at the cap, moment fit
+            (its sympy derivation in :mod:`.capped_derivation`)
+rounding    second-order weight rounding (GPTQ / OBQ) on the per-row gemmlowp grid
 tables, figures, cli
 """
 from ._common import GRIDS, PRIORS, ClippingResult
 from .allocation import Allocation, allocate
 from .bias import channel_bias, correct_bias, correction_terms
+from .capped import CappedClipping, CappedFit, capped_moments, capped_mse, fit_capped_scale, optimal_alpha_capped
 from .clipping import clipping_error, model_mse, optimal_alpha, quantization_noise
 from .empirical import EmpiricalResult, empirical_mse, monte_carlo_mse
 from .grids import analytic_gap, exact_mse, grid_cells, optimal_alpha_exact, quantize
@@ -27,6 +31,7 @@ from .limits import lloyd_max, rate_distortion, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
 from .kl import KLResult, abs_histogram, kl_threshold
+from .rounding import RoundingResult, gptq_round, layer_objective
 
 __all__ = [
     "GRIDS", "PRIORS", "ClippingResult",
@@ -39,4 +44,6 @@ __all__ = [
     "channel_bias", "correct_bias", "correction_terms",
     "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
     "KLResult", "abs_histogram", "kl_threshold",
+    "CappedClipping", "CappedFit", "capped_mse", "optimal_alpha_capped", "capped_moments", "fit_capped_scale",
+    "RoundingResult", "gptq_round", "layer_objective",
 ]
