@@ -24,10 +24,11 @@ data:
 	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
 
-## The main job: every theory table and figure, and the results tables of the two embedded models.
+## The main job: every theory table and figure, the embedded models' weight figures and results tables.
 reproduce: $(STAMP) data
 	$(BIN)/aciq figures --out figures/
 	$(BIN)/aciq tables --out figures/
+	$(BIN)/aciq model-figures --model resnet20_fmnist efficientnet_lite0 --out figures/
 	$(BIN)/aciq results --out figures/
 
 figures: $(STAMP)

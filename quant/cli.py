@@ -333,8 +333,26 @@ def _cmd_results(args) -> int:
     return 0
 
 
+def _cmd_model_figures(args) -> int:
+    from .figures import save_model_figures
+    from .zoo import MODELS
+
+    for m in args.model:
+        if m not in MODELS:
+            raise ValueError(f"--model: {m!r} is not one of {list(MODELS)}")
+    if args.weights and len(args.model) != 1:
+        raise ValueError("--weights needs exactly one model in --model")
+    if not 1 <= args.weight_bits <= 8:
+        raise ValueError(f"--weight-bits must be in 1..8, got {args.weight_bits}")
+    rows = [{"model": m, "path": str(p)} for m in args.model
+            for p in save_model_figures(m, args.out, weights=args.weights, weight_bits=args.weight_bits,
+                                        formats=args.formats)]
+    print(json.dumps(rows) if args.json else "\n".join(r["path"] for r in rows))
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add ``evaluate``, ``sweep`` and ``results`` to the ``aciq`` command."""
+    """Add ``evaluate``, ``sweep``, ``results`` and ``model-figures`` to the ``aciq`` command."""
     p = subparsers.add_parser("evaluate", help="quantize one model and score it against its float original",
                               description="quantize one model and score it against its float original")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
@@ -367,3 +385,14 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=_cmd_results)
+
+    p = subparsers.add_parser("model-figures", help="figures of a model's weights (the seed's bias-error figure)",
+                              description="figures of a model's weights: per output channel, the mean error of "
+                              "its quantized weights before and after bias correction (seed: resnet101_bias_err)")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.add_argument("--model", nargs="+", required=True, help="one or more of the zoo models")
+    p.add_argument("--weights", help="a local state-dict file (one model only; torchvision models need it offline)")
+    p.add_argument("--weight-bits", type=int, default=4, help="weight bits (default 4, as the seed)")
+    p.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    p.add_argument("--formats", nargs="+", default=["png"], help="file formats, e.g. png pdf svg")
+    p.set_defaults(func=_cmd_model_figures)

@@ -23,6 +23,6 @@ def test_readme_values_are_true():
 def test_readme_cli_subcommands_exist():
     from aciq.theory.cli import build_parser
 
-    commands = set(re.findall(r"^aciq (\w+)", README, flags=re.M))
+    commands = set(re.findall(r"^aciq ([\w-]+)", README, flags=re.M))
     known = set(build_parser()._subparsers._group_actions[0].choices)
     assert commands and commands <= known, commands - known
