@@ -13,18 +13,22 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import sequential
 from .calibrate import candidate_errors, needs_spread, site_grid
+from .clamp import ChannelClamp
 from .config import QuantConfig
+from .equalize import equalize, input_ranges
 from .fold import fold_and_trace, set_module
 from .hessian import hessian
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
 from .observe import Observer, Statistics
+from .pairs import find_pairs
 from .plan import make_plan, observed_sites
-from .trace import LAYER_TYPES, POOL_TYPES, RELU_TYPES
+from .trace import LAYER_TYPES, POOL_TYPES, RELU_TYPES, trace
 from .weights import quantize_weights
 
 __all__ = ["quantize", "prepare", "collect_statistics", "convert", "Prepared", "as_batches"]
@@ -70,6 +74,7 @@ class Prepared:
     first: str | None = None
     last: str | None = None
     caps: dict = field(default_factory=dict)     # layer -> the known upper bound of its input (ReLU6, clamp)
+    equalization: object = None                  # the EqualizationReport, when the config equalizes
 
     def shapes(self) -> dict:
         return {n: tuple(self.model.get_submodule(n).weight.shape) for n in self.layers}
@@ -89,17 +94,42 @@ def _cap_of(module: nn.Module):
     return None
 
 
-def _input_caps(tr, names: dict, layers: list) -> dict:
+def _input_caps(tr, names: dict, layers: list, report=None) -> dict:
+    """The known bound of each layer's input: a ReLU6/Hardtanh producer's, or (after equalization) the upper
+    bounds of the clamp site that feeds it (one per channel)."""
     caps = {}
     for n in layers:
         found = [c for c in (_cap_of(names[p]) for p in tr.producers(n)) if c is not None]
         if found:
             caps[n] = min(found)
+    for r in (report.pairs if report is not None else ()):
+        pair = r.pair
+        clamp = names.get(pair.act)
+        if isinstance(clamp, ChannelClamp):
+            lo = getattr(clamp, f"lo_{pair.act_call}").double().cpu().numpy()
+            hi = getattr(clamp, f"hi_{pair.act_call}").double().cpu().numpy()
+            if np.all(lo == 0) and np.all(np.isfinite(hi)):
+                caps[pair.second] = hi
+            else:
+                caps.pop(pair.second, None)
     return caps
 
 
-def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Prepared:
-    """Fold a copy of ``model`` and trace it on ``example`` (two forwards of one image).
+def _equalize(m: nn.Module, config: QuantConfig, example: torch.Tensor, calibration_data):
+    ranges = None
+    if config.equalize == "activations" or config.absorb_bias:
+        if calibration_data is None:
+            raise ValueError(f"equalize={config.equalize!r}{' with absorb_bias' if config.absorb_bias else ''} "
+                             "reads the activation ranges of the calibration data: give calibration_data")
+        links = find_pairs(m, example[:1])
+        ranges = input_ranges(m, calibration_data, [q.second for q in links.pairs])
+    return equalize(m, example, rule=config.equalize, act_ranges=ranges, absorb_bias=config.absorb_bias)
+
+
+def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, *,
+            calibration_data=None) -> Prepared:
+    """Fold a copy of ``model`` and trace it on ``example`` (two forwards of one image); equalize it if the
+    config says so (the ``activations`` rule and bias absorption read ``calibration_data``).
 
     The first layer is the first conv/linear called, the last the last ``nn.Linear`` called (else the last
     layer), both found before ``config.skip`` is applied: skipping the first conv leaves it in float and
@@ -112,8 +142,12 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Pre
     for p in m.parameters():
         p.requires_grad_(False)
     device = next((p.device for p in m.parameters()), torch.device("cpu"))
-    example = example[:1].to(device)
-    folded, tr = fold_and_trace(m, example)
+    example = example.to(device)
+    folded, tr = fold_and_trace(m, example[:1])
+    eq = None
+    if config.equalize is not None:
+        eq = _equalize(m, config, example, calibration_data)
+        tr = trace(m, example[:1])
     names = dict(m.named_modules())
     for s in config.skip:
         if s not in names:
@@ -132,10 +166,20 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig) -> Pre
     layers = [n for n in all_layers if n not in config.skip]
     if not layers:
         raise ValueError(f"skip: every conv/linear layer is skipped ({all_layers[:5]}...): nothing to quantize")
-    fused = {n: any(isinstance(names[c], RELU_TYPES) for c in tr.consumers(n)) for n in layers}
+    fused = {n: any(_relu_like(names[c]) for c in tr.consumers(n)) for n in layers}
     pools = [n for n in tr.order(POOL_TYPES) if n not in config.skip] if config.pool_bits else []
     return Prepared(model=m, layers=layers, pools=pools, fused=fused, folded=folded, first=first, last=last,
-                    caps=_input_caps(tr, names, layers))
+                    caps=_input_caps(tr, names, layers, eq), equalization=eq)
+
+
+def _relu_like(module: nn.Module) -> bool:
+    """A ReLU, or a clamp whose every lower bound is 0 (an equalized ReLU/ReLU6): its input may be quantized
+    with the half range at the producer's output (the seed's fused ReLU)."""
+    if isinstance(module, RELU_TYPES):
+        return True
+    if isinstance(module, ChannelClamp):
+        return all(bool((getattr(module, f"lo_{k}") == 0).all()) for k in range(module.sites))
+    return False
 
 
 # --------------------------------------------------------------------------- statistics
@@ -197,7 +241,7 @@ def collect_statistics(model: nn.Module, config: QuantConfig, calibration_data, 
     """Statistics of every site of ``model`` (folded) over ``calibration_data``, on the float model."""
     _check_config(config)
     batches = as_batches(calibration_data)
-    p = prepared if prepared is not None else prepare(model, batches[0], config)
+    p = prepared if prepared is not None else prepare(model, batches[0], config, calibration_data=batches)
     stats, _, hess = _run_passes(p, config, batches, observed_sites(p, config))
     return Statistics(sites=stats, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
                       hessians=hess)
@@ -305,7 +349,7 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_data=None, *, st
         batches = [_batch_input(example, 0)]
     else:
         batches = as_batches(calibration_data)
-    p = prepare(model, batches[0], config)
+    p = prepare(model, batches[0], config, calibration_data=None if calibration_data is None else batches)
     if config.calibration == "sequential":
         if statistics is not None:
             raise ValueError("calibration='sequential' measures each layer's statistics on the partly quantized "

@@ -107,12 +107,45 @@ def _minmax(stats: SiteStats, spec: SiteSpec):
     return np.minimum(stats.min, 0.0), np.maximum(stats.max, 0.0)
 
 
+def _capped(stats: SiteStats, spec: SiteSpec) -> bool:
+    """A non-negative site known to be capped (ReLU6, clamp) whose statistics counted the values on the cap."""
+    return spec.cap is not None and spec.half and not spec.fused and stats.n_cap is not None
+
+
+def _capped_alpha(stats: SiteStats, prior: str, bits: np.ndarray, grid: str) -> np.ndarray:
+    r"""The clipping value of a capped site: the continuous part on :math:`(0, c)` is the prior truncated there
+    (scale fitted to its measured mean, or mean square for ``gauss``), the values on the cap an atom of the
+    measured mass (:func:`aciq.theory.optimal_alpha_capped`); never above the cap."""
+    from aciq.theory import fit_capped_scale, optimal_alpha_capped
+
+    cap = np.broadcast_to(stats.cap, stats.max.shape).astype(np.float64)
+    n_cont = stats.n_pos - stats.n_cap
+    live = (n_cont > 0) & (cap > 0) & (bits > 0)
+    alpha = np.where(stats.n_cap > 0, cap, np.minimum(np.maximum(stats.max, 0.0), cap))   # degenerate channels
+    if not live.any():
+        return alpha
+    c, nc, ncap = cap[live], n_cont[live], stats.n_cap[live]
+    if prior == "laplace":
+        m = (stats.sum_pos[live] - ncap * c) / nc
+        fit = fit_capped_scale(prior=prior, cap=c, mean=np.clip(m, 1e-12 * c, c))
+    else:
+        m2 = (stats.sumsq_pos[live] - ncap * c * c) / nc
+        fit = fit_capped_scale(prior=prior, cap=c, mean_square=np.clip(m2, 1e-24 * c * c, c * c))
+    res = optimal_alpha_capped(prior=prior, bits=bits[live].astype(np.float64), cap=c, scale=fit.scale,
+                               cap_mass=ncap / stats.n_pos[live], grid=grid)
+    alpha[live] = np.minimum(res.alpha, c)
+    return alpha
+
+
 def site_window(stats: SiteStats, mode: str, bits: np.ndarray, spec: SiteSpec):
     """``(lo, hi)`` per channel of ``stats`` for clipping ``mode`` at ``bits`` (per channel)."""
     if mode == "minmax":
         return _minmax(stats, spec)
     if mode in ("laplace", "gauss", "exact"):
         prior = spec.exact_prior if mode == "exact" else mode
+        if _capped(stats, spec):
+            return np.zeros_like(stats.max), _capped_alpha(stats, prior, bits, "gemmlowp" if mode == "exact"
+                                                           else "model")
         alpha = unit_alpha(mode, bits, half=spec.half, exact_prior=spec.exact_prior) * _scale(stats, prior, spec)
         return _clip(stats, alpha, spec)
     if mode == "kstd":

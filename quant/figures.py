@@ -23,7 +23,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .api import _quantize_weight, prepare
+from .api import prepare
+from .plan import layer_spec
+from .weights import quantize_weights
 from .config import PerChannel, QuantConfig
 
 __all__ = ["BiasErrorData", "bias_error_data", "bias_error_figure", "MODEL_FIGURES", "save_model_figures"]
@@ -80,8 +82,9 @@ def bias_error_data(model: nn.Module, example: torch.Tensor, *, weight_bits: int
     for i, name in enumerate(layers):
         w = p.model.get_submodule(name).weight.detach().double()
         w2d = w.reshape(w.shape[0], -1)
-        plain = _quantize_weight(p, name, base, None)
-        fixed = _quantize_weight(p, name, corrected, None)
+        layer = p.model.get_submodule(name)
+        plain = quantize_weights(layer, layer_spec(p, name, base, {}))
+        fixed = quantize_weights(layer, layer_spec(p, name, corrected, {}))
         step = np.asarray(plain.weight_grid.scale, np.float64)
         before = (w2d - plain.weight.double().reshape(w2d.shape)).mean(1).cpu().numpy()
         after = (w2d - fixed.weight.double().reshape(w2d.shape)).mean(1).cpu().numpy()

@@ -50,11 +50,6 @@ def weight_groups(layer: nn.Module) -> int:
     return layer.groups if isinstance(layer, nn.Conv2d) else 1
 
 
-def _per_row(v, n: int) -> np.ndarray:
-    v = np.asarray(v)
-    return np.broadcast_to(v, (n,)).copy()
-
-
 def _gptq_codes(w2d: np.ndarray, grid: GridParams, hessian: np.ndarray, spec: LayerSpec, layer: nn.Module,
                 name: str) -> np.ndarray:
     """Codes of second-order rounding, group by group (a depthwise conv has one Hessian per channel)."""
@@ -68,10 +63,8 @@ def _gptq_codes(w2d: np.ndarray, grid: GridParams, hessian: np.ndarray, spec: La
                          f"{(groups, k, k)} (statistics of another model?)")
     from aciq.theory import gptq_round
 
-    scale, zp, bits = (_per_row(grid.scale, n), _per_row(grid.zero_point, n), _per_row(grid.bits, n))
-    res = gptq_round(w2d.reshape(groups, n // groups, k), hessian, scale=scale.reshape(groups, -1),
-                     zero_point=zp.reshape(groups, -1), qmax=((1 << bits) - 1).reshape(groups, -1),
-                     damp=spec.gptq_damp, order=spec.gptq_order)
+    res = gptq_round(w2d.reshape(groups, n // groups, k), hessian, scale=grid.scale, zero_point=grid.zero_point,
+                     bits=grid.bits, fill=grid.fill, damp=spec.gptq_damp, order=spec.gptq_order, name=name)
     return np.asarray(res.codes).reshape(n, k)
 
 
