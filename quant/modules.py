@@ -11,6 +11,7 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -189,6 +190,8 @@ class QuantizedLayer(nn.Module):
         self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
         self.channel_axis = -1 if isinstance(layer, nn.Linear) else 1
         self.exact = q.act_in is not None and q.codes is not None
+        own_forward = type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward)
+        self._plain = None if own_forward else ("linear" if isinstance(layer, nn.Linear) else "conv")
         if self.exact:
             plan = _IntegerPlan(layer, q)
             self.act_in = ActCodes(plan.grid)
@@ -220,21 +223,28 @@ class QuantizedLayer(nn.Module):
         w = self.int_weight
         if xi.dtype != w.dtype:
             xi = xi.to(w.dtype)
-        # the layer's own forward (its padding, stride, groups) with the integer weight and no bias
+        # the layer's own geometry (padding, stride, groups) with the integer weight and no bias
+        if self._plain == "conv":
+            return self.layer._conv_forward(xi, w, None)
+        if self._plain == "linear":
+            return F.linear(xi, w)
         return functional_call(self.layer, {"weight": w, "bias": None}, (xi,))
+
+    def finish(self, acc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The output from the accumulator of :meth:`integer_forward` (consumed: scaled in place)."""
+        ax = self.channel_axis
+        if self.has_offset:
+            acc, sums = self._split(acc)
+            y = acc * _channel_view(self.row_scale, acc, ax)
+            y.add_(sums * _channel_view(self.offset_scale, acc, ax))
+        else:     # in place: the accumulator is this call's own tensor; multiply and add round separately
+            y = acc.mul_(_channel_view(self.row_scale, acc, ax))
+        y.add_(_channel_view(self.out_bias, y, ax))
+        return y.to(dtype)
 
     def forward(self, x):
         if self.exact:
-            acc = self.integer_forward(x)
-            ax = self.channel_axis
-            if self.has_offset:
-                acc, sums = self._split(acc)
-                y = acc * _channel_view(self.row_scale, acc, ax)
-                y = y + sums * _channel_view(self.offset_scale, acc, ax)
-            else:
-                y = acc * _channel_view(self.row_scale, acc, ax)
-            y = y + _channel_view(self.out_bias, y, ax)
-            return y.to(x.dtype)
+            return self.finish(self.integer_forward(x), x.dtype)
         if self.act_in is not None:
             x = self.act_in(x)
         if self.act_out is None:

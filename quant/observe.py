@@ -115,8 +115,8 @@ class SiteStats:
 
 
 def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """(C, rest) float64 view of x with channels on ``axis``."""
-    return x.detach().movedim(axis, 0).reshape(x.shape[axis], -1).double()
+    """(C, rest) view of x with channels on ``axis`` (its own dtype: blocks become float64 one at a time)."""
+    return x.detach().movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
 class Observer(torch.nn.Module):
@@ -154,7 +154,7 @@ class Observer(torch.nn.Module):
 
     @torch.no_grad()
     def record_rows(self, rows: torch.Tensor, *, axis: int, ndim: int) -> None:
-        """Record a ``(C, n)`` view: row ``c`` holds every value of channel ``c`` (float64)."""
+        """Record a ``(C, n)`` view: row ``c`` holds every value of channel ``c`` (sums in float64)."""
         if self.phase == 1:
             self._moments(rows, axis, ndim)
         elif self.phase == 2:
@@ -163,7 +163,7 @@ class Observer(torch.nn.Module):
             for name, fn in self.candidates.items():
                 parts, start = [], 0
                 for chunk in _chunks(rows):
-                    parts.append(fn(chunk, start))
+                    parts.append(fn(chunk.double(), start))
                     start += chunk.shape[0]
                 # per channel: (rows, K) blocks stacked; per tensor: (K,) sums added
                 e = (torch.cat(parts) if parts[0].ndim == 2 else torch.stack(parts).sum(0)).cpu().numpy()
@@ -172,11 +172,15 @@ class Observer(torch.nn.Module):
     def _moments(self, rows, axis, ndim):
         keys = ("sum", "sumsq", "min", "max", "n_pos", "sum_pos", "sumsq_pos")
         parts = {k: [] for k in keys}
-        for chunk in _chunks(rows):
-            pos = chunk.clamp(min=0)
-            for k, v in (("sum", chunk.sum(1)), ("sumsq", torch.einsum("ij,ij->i", chunk, chunk)),
-                         ("min", chunk.amin(1)), ("max", chunk.amax(1)), ("n_pos", (chunk > 0).sum(1).double()),
-                         ("sum_pos", pos.sum(1)), ("sumsq_pos", torch.einsum("ij,ij->i", pos, pos))):
+        for raw in _chunks(rows):
+            lo, hi = torch.aminmax(raw, dim=1)
+            chunk = raw.double()
+            nonneg = bool((lo >= 0).all())        # after a ReLU: the positive part is the tensor itself
+            pos = chunk if nonneg else chunk.clamp(min=0)
+            total, squares = chunk.sum(1), torch.einsum("ij,ij->i", chunk, chunk)
+            for k, v in (("sum", total), ("sumsq", squares), ("min", lo.double()), ("max", hi.double()),
+                         ("n_pos", (raw > 0).sum(1).double()), ("sum_pos", total if nonneg else pos.sum(1)),
+                         ("sumsq_pos", squares if nonneg else torch.einsum("ij,ij->i", pos, pos))):
                 parts[k].append(v)
         new = {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
         new["n"] = np.full(rows.shape[0], rows.shape[1], np.float64)
@@ -207,7 +211,7 @@ class Observer(torch.nn.Module):
 
     def _spread(self, rows):
         s = self.stats
-        mean_c = torch.as_tensor(s.mean, dtype=rows.dtype, device=rows.device)
+        mean_c = torch.as_tensor(s.mean, dtype=torch.float64, device=rows.device)
         mean_t = float(s.sum.sum() / max(s.n.sum(), 1))
         hist = self.hist_bins is not None
         if hist:
@@ -217,6 +221,7 @@ class Observer(torch.nn.Module):
             hist_pos = torch.zeros(self.hist_bins, dtype=torch.float64, device=rows.device)
         absdev, absdev_t, start = [], 0.0, 0
         for chunk in _chunks(rows):
+            chunk = chunk.double()
             d = chunk - mean_c[start:start + chunk.shape[0], None]
             absdev.append(d.abs_().sum(1))
             torch.sub(chunk, mean_t, out=d)

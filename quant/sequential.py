@@ -35,12 +35,24 @@ from .weights import quantize_weights
 __all__ = ["calibrate", "float_output_means"]
 
 
+def _channel_sums(y: torch.Tensor, axis: int) -> torch.Tensor:
+    dims = tuple(d for d in range(y.ndim) if d != axis % y.ndim)
+    return y.sum(dim=dims, dtype=torch.float64)
+
+
 @torch.no_grad()
 def float_output_means(p, batches: list) -> dict:
     """Mean output per channel of every layer of the (float) prepared model over ``batches``, float64."""
-    observers = {n: Observer(f"{n}:output", hist_bins=None) for n in p.layers}
-    handles = [p.model.get_submodule(n).register_forward_hook(lambda m, a, out, o=o: o.record(out))
-               for n, o in observers.items()]
+    sums, counts = {}, {}
+
+    def hook(name, axis):
+        def fn(module, args, out):
+            sums[name] = sums.get(name, 0.0) + _channel_sums(out, axis)
+            counts[name] = counts.get(name, 0) + out.numel() // out.shape[axis]
+        return fn
+
+    handles = [p.model.get_submodule(n).register_forward_hook(
+        hook(n, -1 if isinstance(p.model.get_submodule(n), nn.Linear) else 1)) for n in p.layers]
     device = next((q.device for q in p.model.parameters()), torch.device("cpu"))
     try:
         for x in batches:
@@ -48,7 +60,7 @@ def float_output_means(p, batches: list) -> dict:
     finally:
         for h in handles:
             h.remove()
-    return {n: o.stats.mean for n, o in observers.items()}
+    return {n: (sums[n] / counts[n]).cpu().numpy() for n in sums}
 
 
 def _observe(site: str, x: torch.Tensor, cap, plan_spec):
@@ -64,11 +76,6 @@ def _observe(site: str, x: torch.Tensor, cap, plan_spec):
             obs.phase = 3
             obs.record(x)
     return obs.stats, spec
-
-
-def _channel_means(y: torch.Tensor, axis: int) -> np.ndarray:
-    dims = tuple(d for d in range(y.ndim) if d != axis % y.ndim)
-    return y.double().mean(dim=dims).cpu().numpy()
 
 
 def _quantized_hessian(layer: nn.Module, grid, x: torch.Tensor) -> np.ndarray:
@@ -120,15 +127,25 @@ def calibrate(p, config: QuantConfig, batches: list, *, backend: str = "fake") -
         q.act_in = grid[0] if grid else None
         q.info["act_in"] = grid[1] if grid else None
         module = QuantizedLayer(layer, q).to(device)
-        y = module(x)
-        if spec.bias_correction == "empirical":
-            delta = means[name] - _channel_means(y, module.channel_axis)
-            bias = torch.zeros(len(delta), dtype=torch.float64) if q.bias is None else q.bias.double().cpu()
-            module.set_bias(bias + torch.as_tensor(delta))
-            q.info["bias_correction"] = {"mode": "empirical", "mean_abs_shift": float(np.abs(delta).mean())}
+        if spec.bias_correction != "empirical":
+            report[name] = q.info
+            return module, module(x)
+        # the mean output from the exact accumulator: E[y] = row_scale E[acc] + bias
+        if module.exact:
+            acc = module.integer_forward(x)
+            ax = module.channel_axis
+            mean = (_channel_sums(acc, ax) / (acc.numel() // acc.shape[ax])) * module.row_scale.double() \
+                + module.out_bias.double()
+        else:
             y = module(x)
+            ax = module.channel_axis
+            mean = _channel_sums(y, ax) / (y.numel() // y.shape[ax])
+        delta = means[name] - mean.cpu().numpy()
+        bias = torch.zeros(len(delta), dtype=torch.float64) if q.bias is None else q.bias.double().cpu()
+        module.set_bias(bias + torch.as_tensor(delta))
+        q.info["bias_correction"] = {"mode": "empirical", "mean_abs_shift": float(np.abs(delta).mean())}
         report[name] = q.info
-        return module, y
+        return module, (module.finish(acc, x.dtype) if module.exact else module(x))
 
     def finish_pool(name, module, x):
         y = module(x)
