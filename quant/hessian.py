@@ -51,7 +51,7 @@ def conv_arguments(layer: nn.Conv2d, x: torch.Tensor) -> dict:
     mode = _CatchConv()
     try:
         with mode:
-            layer(x)
+            layer.forward(x)      # not layer(x): no hooks (the caller may be one of them)
     except _Caught:
         pass
     if mode.call is None:

@@ -110,8 +110,9 @@ class _Pending(nn.Module):
 @torch.no_grad()
 def calibrate(p, config: QuantConfig, batches: list, *, backend: str = "fake") -> dict:
     """Quantize the prepared model ``p`` in place, layer by layer; return the per-layer report."""
-    means = float_output_means(p, batches) if config.bias_correction == "empirical" else {}
     device = next((q.device for q in p.model.parameters()), torch.device("cpu"))
+    x = torch.cat([b.to(device) for b in batches])     # one batch: nothing depends on the caller's batching
+    means = float_output_means(p, [x]) if config.bias_correction == "empirical" else {}
     report = {}
 
     def finish_layer(name, layer, x):
@@ -161,7 +162,6 @@ def calibrate(p, config: QuantConfig, batches: list, *, backend: str = "fake") -
         pending[name] = _Pending(name, p.model.get_submodule(name), finish_pool)
     for name, w in pending.items():
         set_module(p.model, name, w)
-    x = torch.cat([b.to(device) for b in batches])
     try:
         p.model(x)
     finally:
