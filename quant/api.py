@@ -259,11 +259,17 @@ def _quantize_weight(p: Prepared, name: str, config: QuantConfig, in_stats) -> L
         return LayerQuant(name, weight_grid=None, codes=None, weight=w, bias=layer.bias, scale_factor=None,
                           act_in=None, act_out=None, info=info)
     w2d = w.reshape(w.shape[0], -1).double()
-    stats = _weight_stats(w2d, spec, name)
-    grid, info["weight"] = site_grid(stats, spec, axis=0)
-    q_t = grid_codes(w2d, grid, dtype=torch.uint8)     # 0..255 (bits <= 8)
-    w_hat = dequantize(q_t, grid, dtype=w2d.dtype)     # == fake_quantize(w2d, grid)
-    q = q_t.cpu().numpy()
+    if config.weight_quantizer == "kmeans":             # a non-uniform codebook per channel: no grid
+        from .kmeans import kmeans_weight
+
+        grid = None
+        w_hat, q, info["weight"] = kmeans_weight(w2d, bits=spec.bits, per_channel=spec.per_channel)
+    else:
+        stats = _weight_stats(w2d, spec, name)
+        grid, info["weight"] = site_grid(stats, spec, axis=0)
+        q_t = grid_codes(w2d, grid, dtype=torch.uint8)     # 0..255 (bits <= 8)
+        w_hat = dequantize(q_t, grid, dtype=w2d.dtype)     # == fake_quantize(w2d, grid)
+        q = q_t.cpu().numpy()
     scale_factor = None
     if config.bias_correction != "off":
         terms = correction_terms(w2d.cpu().numpy(), w_hat.cpu().numpy(), mode=config.bias_correction,
@@ -313,6 +319,9 @@ def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend
             grids[site] = site_grid(stats[site], spec, axis=axis)
     if backend == "kernels" and config.act_site != "input":
         raise ValueError("backend='kernels' quantizes activations as they load: it needs act_site='input'")
+    if backend == "kernels" and config.weight_quantizer == "kmeans":
+        raise ValueError("backend='kernels' runs uniform integer grids: weight_quantizer='kmeans' needs the "
+                         "fake backend")
     if backend == "kernels" and config.bias_correction != "off" and config.bias_form == "seed":
         raise ValueError("backend='kernels' needs integer weights: use bias_form='on-grid' (the seed form moves "
                          "weights off the grid)")

@@ -11,6 +11,7 @@ derivation  sympy derivation of the model from the densities
 priors      densities, samples, closed-form partial moments
 grids       the quantizers that really run and their exact error and optimum
 limits      Lloyd-Max and the rate-distortion function
+kmeans      k-means codebooks of measured data per channel (exact 1-D programme), against Lloyd-Max
 empirical   seeded Monte Carlo and the error on any real array
 allocation  per-channel bin and bit allocation (eq. 10, 11)
 stats       robust scale estimates, prior choice, generalized-Gaussian fit
@@ -27,6 +28,7 @@ from .limits import lloyd_max, rate_distortion, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
 from .kl import KLResult, abs_histogram, kl_threshold
+from .kmeans import KMeansResult, LloydMaxComparison, kmeans_1d, kmeans_quantize, lloyd_max_comparison
 
 __all__ = [
     "GRIDS", "PRIORS", "ClippingResult",
@@ -39,4 +41,5 @@ __all__ = [
     "channel_bias", "correct_bias", "correction_terms",
     "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
     "KLResult", "abs_histogram", "kl_threshold",
+    "KMeansResult", "LloydMaxComparison", "kmeans_1d", "kmeans_quantize", "lloyd_max_comparison",
 ]
