@@ -20,7 +20,10 @@ import time
 
 import torch
 
-from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
+from .config import (ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES, BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES,
+                     EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS, PerChannel, PerTensor, QuantConfig,
+                     preset)
+from .zoo import MODELS
 
 __all__ = ["register", "run", "build_config"]
 
@@ -51,10 +54,13 @@ _OVERRIDES = {
     "alloc_budget": ("alloc_budget", None), "bias_correction": ("bias_correction", None),
     "bias_form": ("bias_form", None), "first_layer_bits": ("first_layer_bits", None),
     "last_layer_bits": ("last_layer_bits", None),
-    "half_range": ("half_range", lambda v: {"auto": "auto", "on": True, "off": False}[v]),
+    "half_range": ("half_range", lambda v: _HALF_RANGE_NAMES[v]),
     "act_site": ("act_site", None), "pool_bits": ("pool_bits", None),
-    "mse_candidates": ("mse_candidates", None),
+    "mse_candidates": ("mse_candidates", None), "weight_quantizer": ("weight_quantizer", None),
 }
+GRANULARITIES = ("tensor", "channel")
+_HALF_RANGE_NAMES = {"auto": "auto", "on": True, "off": False}   # option spelling -> HALF_RANGE value
+_ALLOC_NAMES = tuple("none" if r is None else r for r in ALLOCATION_RULES)
 
 
 def build_config(preset_name: str | None, overrides: dict) -> QuantConfig | None:
@@ -78,24 +84,24 @@ def _add_config_options(p):
     g.add_argument("--preset", help=f"named config: {FLOAT}, " + ", ".join(sorted(PRESETS)))
     g.add_argument("-w", "--weight-bits", type=_opt_bits, help="1..8 or none")
     g.add_argument("-a", "--act-bits", type=_opt_bits, help="1..8 or none")
-    g.add_argument("--weight-granularity", choices=("tensor", "channel"))
-    g.add_argument("--act-granularity", choices=("tensor", "channel"))
-    modes = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
-    g.add_argument("--weight-clipping", choices=modes)
-    g.add_argument("--act-clipping", choices=modes)
+    g.add_argument("--weight-granularity", choices=GRANULARITIES)
+    g.add_argument("--act-granularity", choices=GRANULARITIES)
+    g.add_argument("--weight-clipping", choices=CLIPPING_MODES)
+    g.add_argument("--act-clipping", choices=CLIPPING_MODES)
+    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS)
     g.add_argument("--kstd", type=float)
-    g.add_argument("--exact-prior", choices=("laplace", "gauss"))
-    g.add_argument("--act-bit-alloc", choices=("none", "paper", "optimal"))
-    g.add_argument("--weight-bit-alloc", choices=("none", "paper", "optimal"))
+    g.add_argument("--exact-prior", choices=EXACT_PRIORS)
+    g.add_argument("--act-bit-alloc", choices=_ALLOC_NAMES)
+    g.add_argument("--weight-bit-alloc", choices=_ALLOC_NAMES)
     g.add_argument("--act-avg-bits", type=float)
     g.add_argument("--weight-avg-bits", type=float)
-    g.add_argument("--alloc-budget", choices=("bins", "bits"))
-    g.add_argument("--bias-correction", choices=("off", "mean", "mean+variance"))
-    g.add_argument("--bias-form", choices=("seed", "on-grid"))
+    g.add_argument("--alloc-budget", choices=ALLOC_BUDGETS)
+    g.add_argument("--bias-correction", choices=BIAS_CORRECTION)
+    g.add_argument("--bias-form", choices=BIAS_FORMS)
     g.add_argument("--first-layer-bits", type=_opt_bits)
     g.add_argument("--last-layer-bits", type=_opt_bits)
-    g.add_argument("--half-range", choices=("auto", "on", "off"))
-    g.add_argument("--act-site", choices=("input", "output"))
+    g.add_argument("--half-range", choices=tuple(_HALF_RANGE_NAMES))
+    g.add_argument("--act-site", choices=ACT_SITES)
     g.add_argument("--pool-bits", type=_opt_bits)
     g.add_argument("--mse-candidates", type=int)
 
@@ -115,7 +121,7 @@ def _add_run_options(p):
 
 
 # --------------------------------------------------------------------------- data
-def _fmnist(spec, model_name):
+def _fmnist(spec, model_name, dist):
     from . import fashion_mnist as fm
 
     root = None if spec.data in (None, "") else spec.data
@@ -132,10 +138,10 @@ def _fmnist(spec, model_name):
         x, y = x[:spec.limit], y[:spec.limit]
     from .evaluate import Loader
 
-    return calib, Loader(x, y, spec.batch_size), f"fashion-mnist test ({len(x)})"
+    return calib, Loader(dist.shard(x), dist.shard(y), spec.batch_size), f"fashion-mnist test ({len(x)})"
 
 
-def _photos(spec, model_name):
+def _photos(spec, model_name, dist):
     from . import photos
     from .evaluate import Loader
 
@@ -145,10 +151,10 @@ def _photos(spec, model_name):
     x, y = photos.photo_batch(ev, model_name=model_name)
     if spec.limit:
         x, y = x[:spec.limit], y[:spec.limit]
-    return calib, Loader(x, y, spec.batch_size), f"foolbox photos 10-19 ({len(x)})"
+    return calib, Loader(dist.shard(x), dist.shard(y), spec.batch_size), f"foolbox photos 10-19 ({len(x)})"
 
 
-def _folder(spec, model_name):
+def _folder(spec, model_name, dist):
     from torch.utils.data import DataLoader, Subset
 
     from . import zoo
@@ -166,20 +172,24 @@ def _folder(spec, model_name):
     if spec.limit:
         eval_idx = eval_idx[:spec.limit]
     calib = torch.stack([ds[i][0] for i in calib_idx])
-    loader = DataLoader(Subset(ds, eval_idx), batch_size=spec.batch_size, shuffle=False,
+    loader = DataLoader(Subset(ds, dist.shard(eval_idx)), batch_size=spec.batch_size, shuffle=False,
                         num_workers=spec.workers)
     return calib, loader, f"{spec.data} ({len(eval_idx)})"
 
 
-def _data(spec, model_name):
+def _data(spec, model_name, dist=None):
+    """(calibration images, this rank's evaluation loader, description of the whole evaluation set)."""
+    from .distributed import Dist
+
+    dist = Dist() if dist is None else dist
     if isinstance(spec.calib_images, bool) or spec.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
     try:
         if model_name == "resnet20_fmnist":
-            return _fmnist(spec, model_name)
+            return _fmnist(spec, model_name, dist)
         if spec.data in (None, "", "photos"):
-            return _photos(spec, model_name)
-        return _folder(spec, model_name)
+            return _photos(spec, model_name, dist)
+        return _folder(spec, model_name, dist)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
 
@@ -195,18 +205,25 @@ def _load(model_name, weights):
 
 
 def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig | None, model=None,
-        data=None) -> dict:
-    """Load, calibrate, convert, evaluate one (model, config); return the results row."""
+        data=None, dist=None, device=None, record: bool = True) -> dict:
+    """Load, calibrate, convert, evaluate one (model, config); return the results row.
+
+    ``dist`` (:class:`aciq.quant.distributed.Dist`): ``data`` holds this rank's shard, rank 0 makes the
+    statistics for all, the metrics are reduced over the ranks, and only rank 0 records the row. ``device``
+    overrides ``spec.device``. ``record``: append the row to ``spec.results`` (rank 0).
+    """
     from .api import collect_statistics, convert, prepare
+    from .distributed import Dist, check_identical, share_statistics
     from .evaluate import evaluate
     from .observe import Statistics
 
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+    dist = Dist() if dist is None else dist
+    device = dist.device(spec.device) if device is None else torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    calib, loader, data_desc = data if data is not None else _data(spec, model_name)
+    calib, loader, data_desc = data if data is not None else _data(spec, model_name, dist)
     if model is None:
         model = _load(model_name, spec.weights)
-    device = torch.device(spec.device)
     model = model.to(device).eval()
     t0 = time.perf_counter()
     if config is None:
@@ -214,26 +231,31 @@ def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig |
     else:
         batches = [calib[i:i + spec.batch_size].to(device) for i in range(0, len(calib), spec.batch_size)]
         p = prepare(model, batches[0], config)
-        if getattr(spec, "stats_load", None):
-            stats = Statistics.load(spec.stats_load)
-        else:
-            stats = collect_statistics(model, config, batches, prepared=p)
-        if getattr(spec, "stats_save", None):
+
+        def make():
+            if getattr(spec, "stats_load", None):
+                return Statistics.load(spec.stats_load)
+            return collect_statistics(model, config, batches, prepared=p)
+
+        stats = share_statistics(dist, make)
+        if getattr(spec, "stats_save", None) and dist.is_main:
             stats.save(spec.stats_save)
         qmodel = convert(p, config, stats, backend=spec.backend)
+        check_identical(qmodel, dist)
         calib_n = stats.images
     calib_s = time.perf_counter() - t0
     result = evaluate(qmodel, None if config is None else model, loader, device=device,
-                      progress=not spec.no_progress, desc=f"{model_name} {preset_name or 'custom'}")
+                      progress=not spec.no_progress and dist.is_main, desc=f"{model_name} {preset_name or 'custom'}",
+                      dist=dist)
     if config is None:
         result.update(agreement=100.0, mean_kl=0.0, logit_sqnr_db=math.inf, float_eval_s=result["eval_s"])
     row = {"time": _dt.datetime.now().isoformat(timespec="seconds"), "model": model_name,
            "preset": preset_name or "custom", "config": "float" if config is None else config.describe(),
            "weight_bits": None if config is None else config.weight_bits,
            "act_bits": None if config is None else config.act_bits,
-           "calib_images": calib_n, "calib_s": calib_s, "device": str(device), "batch_size": spec.batch_size,
-           "backend": spec.backend, "data": data_desc, **result}
-    if getattr(spec, "results", None):
+           "calib_images": calib_n, "calib_s": calib_s, "device": dist.describe(device),
+           "batch_size": spec.batch_size, "backend": spec.backend, "data": data_desc, **result}
+    if record and getattr(spec, "results", None) and dist.is_main:
         from .evaluate import append_csv
 
         append_csv(spec.results, row)
@@ -261,16 +283,19 @@ def _threads(args):
 
 
 def _cmd_evaluate(args) -> int:
+    from .distributed import session
+
     _threads(args)
     if args.stats_save and args.stats_load:
         raise ValueError("give --stats-save or --stats-load, not both")
-    from .zoo import MODELS
-
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {list(MODELS)}, got {args.model!r}")
     config = build_config(args.preset, _overrides(args))
-    row = run(args, model_name=args.model, preset_name=args.preset, config=config)
-    print(json.dumps(row, default=str) if args.json else _summary(row))
+    with session(args.device) as dist:
+        row = run(args, model_name=args.model, preset_name=args.preset, config=config, dist=dist)
+    if dist.is_main:
+        print(json.dumps(row, default=str) if args.json else _summary(row))
+        _track(args, [(row, config)])
     return 0
 
 
@@ -287,30 +312,78 @@ SWEEP_COLUMNS = (("model", "model"), ("preset", "preset"), ("weight_bits", "W"),
                  ("logit_sqnr_db", "SQNR dB"), ("n", "n"), ("calib_s", "calib s", 1), ("eval_s", "eval s", 1))
 
 
-def _cmd_sweep(args) -> int:
-    _threads(args)
-    from . import zoo
-    from .evaluate import markdown_table
-
+def _sweep_plan(args) -> list[tuple[str, str, QuantConfig | None]]:
+    """(model, preset, config) of every row of the sweep, in order."""
     for m in args.models:
-        if m not in zoo.MODELS:
-            raise ValueError(f"--models: {m!r} is not one of {list(zoo.MODELS)}")
+        if m not in MODELS:
+            raise ValueError(f"--models: {m!r} is not one of {list(MODELS)}")
     if args.weights and len(args.models) != 1:
         raise ValueError("--weights needs exactly one model in --models")
     for name in args.presets:
         if name != FLOAT and name not in PRESETS:
             raise ValueError(f"--presets: {name!r} is not one of {[FLOAT] + sorted(PRESETS)}")
-    rows = []
+    plan = []
     for m in args.models:
-        data = _data(args, m)
-        model = _load(m, args.weights)
         for name in args.presets:
             for bits in (args.bits or [None]):
                 if name == FLOAT and bits is not None and bits != args.bits[0]:
                     continue
                 over = {} if bits is None or name == FLOAT else {"weight_bits": bits[0], "act_bits": bits[1]}
-                config = build_config(name, over)
-                rows.append(run(args, model_name=m, preset_name=name, config=config, model=model, data=data))
+                plan.append((m, name, build_config(name, over)))
+    return plan
+
+
+def _sweep_data_parallel(args, plan, dist) -> list[dict]:
+    """Every row on every rank, the evaluation set sharded (rank 0 records)."""
+    rows, loaded = [], {}
+    for m, name, config in plan:
+        if m not in loaded:
+            loaded = {m: (_data(args, m, dist), _load(m, args.weights))}
+        data, model = loaded[m]
+        rows.append(run(args, model_name=m, preset_name=name, config=config, model=model, data=data, dist=dist))
+    return rows
+
+
+def _sweep_row_parallel(args, plan, dist) -> list[dict]:
+    """Row i on rank i mod W, on the whole evaluation set; the rows gathered (as JSON) in order, rank 0 records."""
+    from .distributed import gather_json
+    from .evaluate import append_csv
+
+    mine, loaded = [], {}
+    try:
+        for i in range(dist.rank, len(plan), dist.world_size):
+            m, name, config = plan[i]
+            if m not in loaded:
+                loaded = {m: (_data(args, m), _load(m, args.weights))}
+            data, model = loaded[m]
+            row = run(args, model_name=m, preset_name=name, config=config, model=model, data=data,
+                      device=dist.device(args.device), record=False)
+            mine.append([i, row])
+        status = {"rows": mine}
+    except ValueError as exc:   # tell the other ranks instead of leaving them waiting in the gather
+        status = {"error": f"rank {dist.rank}: {exc}"}
+    parts = gather_json(status, dist)
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        raise ValueError("; ".join(errors))
+    rows = [row for _, row in sorted((i, row) for p in parts for i, row in p["rows"])]
+    if args.results and dist.is_main:
+        for row in rows:
+            append_csv(args.results, row)
+    return rows
+
+
+def _cmd_sweep(args) -> int:
+    from .distributed import session
+    from .evaluate import markdown_table
+
+    _threads(args)
+    plan = _sweep_plan(args)
+    with session(args.device) as dist:
+        spread = _sweep_row_parallel if args.distribute == "rows" and dist.active else _sweep_data_parallel
+        rows = spread(args, plan, dist)
+    if not dist.is_main:
+        return 0
     if args.json:
         print(json.dumps(rows, default=str))
     else:
@@ -319,7 +392,39 @@ def _cmd_sweep(args) -> int:
         from pathlib import Path
 
         Path(args.markdown).write_text(markdown_table(rows, SWEEP_COLUMNS))
+    _track(args, [(row, config) for row, (_, _, config) in zip(rows, plan)], artifacts=[args.markdown])
     return 0
+
+
+# --------------------------------------------------------------------------- experiment tracking
+def _params(args, row: dict, config: QuantConfig | None) -> dict:
+    """What identifies a row in MLflow: the config's fields and the run settings."""
+    params = {"model": row["model"], "preset": row["preset"], "config": row["config"], "data": row["data"],
+              "calib_images": row["calib_images"], "batch_size": row["batch_size"], "device": row["device"],
+              "backend": row["backend"], "seed": getattr(args, "seed", None), "limit": getattr(args, "limit", None),
+              "weights": getattr(args, "weights", None)}
+    if config is not None:
+        params.update({f"config.{k}": v for k, v in config.to_dict().items()})
+    return params
+
+
+def _track(args, pairs, *, artifacts=(), run_name=None) -> None:
+    """Log ``(row, config)`` pairs to MLflow when ``--mlflow`` was given."""
+    if getattr(args, "mlflow", None) is None:
+        return
+    from .tracking import log_rows
+
+    log_rows([(row, _params(args, row, config)) for row, config in pairs], uri=args.mlflow,
+             experiment=args.mlflow_experiment, artifacts=artifacts, run_name=run_name)
+
+
+def _add_tracking_options(p) -> None:
+    from .tracking import DEFAULT_URI
+
+    g = p.add_argument_group("experiment tracking (optional: pip install 'aciq[tracking]')")
+    g.add_argument("--mlflow", nargs="?", const=DEFAULT_URI, metavar="URI",
+                   help=f"log the rows to MLflow (default store: ./{DEFAULT_URI}, a local file store)")
+    g.add_argument("--mlflow-experiment", default="aciq", help="MLflow experiment name (default: aciq)")
 
 
 def _cmd_results(args) -> int:
@@ -333,18 +438,24 @@ def _cmd_results(args) -> int:
     return 0
 
 
+def _experiments() -> tuple:
+    from .embedded import EXPERIMENTS
+
+    return tuple(EXPERIMENTS)
+
+
 def register(subparsers) -> None:
     """Add ``evaluate``, ``sweep`` and ``results`` to the ``aciq`` command."""
     p = subparsers.add_parser("evaluate", help="quantize one model and score it against its float original",
                               description="quantize one model and score it against its float original")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
-    p.add_argument("--model", required=True, help="resnet18, resnet50, resnet101, vgg16, vgg16_bn, inception_v3, "
-                   "mobilenet_v2, efficientnet_lite0, resnet20_fmnist")
+    p.add_argument("--model", required=True, help=", ".join(MODELS))
     p.add_argument("--weights", help="a local state-dict file (loaded with weights_only=True)")
     p.add_argument("--stats-save", help="save the calibration statistics (<stem>.json + <stem>.npz)")
     p.add_argument("--stats-load", help="use statistics saved earlier instead of collecting them")
     _add_run_options(p)
     _add_config_options(p)
+    _add_tracking_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser("sweep", help="presets x bit-widths x models into one CSV and a markdown table",
@@ -355,14 +466,18 @@ def register(subparsers) -> None:
     p.add_argument("--bits", nargs="+", type=_bits_pair, help="W/A pairs overriding the presets' bits, e.g. 4/4 4/8")
     p.add_argument("--weights", help="a local state-dict file (one model only)")
     p.add_argument("--markdown", help="also write the markdown table to this file")
+    p.add_argument("--distribute", choices=("data", "rows"), default="data",
+                   help="under torchrun: shard the evaluation set of every row (data, default) or give each "
+                        "rank whole rows (rows)")
     _add_run_options(p)
+    _add_tracking_options(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = subparsers.add_parser("results", help="the embedded experiments' results tables (no ImageNet needed)",
                               description="the embedded experiments' results tables (no ImageNet needed)")
     p.add_argument("--json", action="store_true", help="(no effect: the tables are files)")
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
-    p.add_argument("--only", nargs="+", choices=("efficientnet_lite0", "resnet20_fmnist"))
+    p.add_argument("--only", nargs="+", choices=_experiments())
     p.add_argument("--quick", action="store_true", help="fewer images and presets (a smoke run)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
