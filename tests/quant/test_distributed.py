@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,11 +188,11 @@ FMNIST_ARGS = ("--model", "resnet20_fmnist", "--limit", "501", "--calib-images",
 def test_two_gloo_ranks_give_the_one_process_result(tmp_path, capsys):
     """ResNet-20 on 501 Fashion-MNIST test images (odd: the shards differ in size), W4A4 with every technique."""
     assert main(["evaluate", *FMNIST_ARGS, "--preset", "w4a4-all", "--json",
-                 "--results", str(tmp_path / "one.csv")]) == 0
+                 "--results", str(tmp_path / "one.csv"), "--norms", str(tmp_path / "norms1.csv")]) == 0
     one = json.loads(capsys.readouterr().out)
     res = _torchrun("-m", "aciq.theory.cli", "evaluate", *FMNIST_ARGS, "--preset", "w4a4-all", "--json",
                     "--results", str(tmp_path / "two.csv"), "--stats-save", str(tmp_path / "stats"),
-                    cwd=tmp_path)
+                    "--norms", str(tmp_path / "norms2.csv"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1                                   # rank 0 prints, rank 1 does not
@@ -203,6 +204,12 @@ def test_two_gloo_ranks_give_the_one_process_result(tmp_path, capsys):
         assert two[k] == pytest.approx(one[k], rel=1e-9)
     assert len(list(csv.DictReader(open(tmp_path / "two.csv")))) == 1   # written once
     assert (tmp_path / "stats.json").is_file()
+    # per-sample norms gathered to rank 0: every image once, in order (the float32 convs see other batches)
+    n1, n2 = (list(csv.reader(open(tmp_path / f))) for f in ("norms1.csv", "norms2.csv"))
+    assert len(n1) == len(n2) == 1 + 501 * 22
+    assert [r[:2] for r in n1] == [r[:2] for r in n2]
+    a, b = (np.array([[float(v) for v in r[2:]] for r in rows[1:]]) for rows in (n1, n2))
+    assert np.allclose(a[:, :2], b[:, :2], rtol=1e-5) and np.mean(np.isclose(a[:, 2], b[:, 2], rtol=1e-3)) > 0.99
 
     # a bad --stats-load fails on every rank with one message, instead of a hang
     res = _torchrun("-m", "aciq.theory.cli", "evaluate", *FMNIST_ARGS, "--preset", "w4a4-all",
