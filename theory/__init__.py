@@ -14,6 +14,7 @@ limits      Lloyd-Max and the rate-distortion function
 kmeans      k-means codebooks of measured data per channel (exact 1-D programme), against Lloyd-Max
 empirical   seeded Monte Carlo and the error on any real array
 allocation  per-channel bin and bit allocation (eq. 10, 11)
+midtread    mid-tread grids with any integer number of bins per channel: exact error, alpha, eq. 10 integer bins
 stats       robust scale estimates, prior choice, generalized-Gaussian fit
 bias        bias correction (eq. 12, 13)
 tables, figures, cli
@@ -28,6 +29,7 @@ from .limits import lloyd_max, rate_distortion, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
 from .kl import KLResult, abs_histogram, kl_threshold
+from .midtread import BinAllocation, allocate_bins, midtread_mse, optimal_alpha_bins
 from .kmeans import KMeansResult, LloydMaxComparison, kmeans_1d, kmeans_quantize, lloyd_max_comparison
 
 __all__ = [
@@ -41,5 +43,6 @@ __all__ = [
     "channel_bias", "correct_bias", "correction_terms",
     "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
     "KLResult", "abs_histogram", "kl_threshold",
+    "BinAllocation", "allocate_bins", "midtread_mse", "optimal_alpha_bins",
     "KMeansResult", "LloydMaxComparison", "kmeans_1d", "kmeans_quantize", "lloyd_max_comparison",
 ]
