@@ -96,10 +96,12 @@ class Dist:
 
         n = torch.tensor([len(payload) if self.is_main else 0], dtype=torch.int64, device=self.comm_device)
         tdist.broadcast(n, src=0)
+        size = int(n.item())
+        if size == 0:
+            return b""
         buf = (torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self.comm_device) if self.is_main
-               else torch.empty(int(n.item()), dtype=torch.uint8, device=self.comm_device))
-        if int(n.item()):
-            tdist.broadcast(buf, src=0)
+               else torch.empty(size, dtype=torch.uint8, device=self.comm_device))
+        tdist.broadcast(buf, src=0)
         return bytes(buf.cpu().numpy().tobytes())
 
     def gather_bytes(self, payload: bytes) -> list[bytes]:
@@ -184,11 +186,15 @@ def share_statistics(dist: Dist, make):
                 j, z = stats.save(Path(tmp) / "stats")
                 parts = (j.read_bytes(), z.read_bytes())
             header = {"ok": True, "sizes": [len(p) for p in parts]}
-        except ValueError as exc:
-            header = {"ok": False, "error": str(exc)}
+        except Exception as exc:       # noqa: BLE001 - the other ranks must hear of any failure
+            failure = exc
+            header = {"ok": False, "error": str(exc) if isinstance(exc, ValueError)
+                      else f"{type(exc).__name__}: {exc}"}
     header = json.loads(dist.broadcast_bytes(json.dumps(header).encode() if dist.is_main else None))
     if not header["ok"]:
-        raise ValueError(header["error"] if dist.is_main else f"rank 0: {header['error']}")
+        if dist.is_main:
+            raise failure
+        raise ValueError(f"rank 0: {header['error']}")
     payload = dist.broadcast_bytes(b"".join(parts) if dist.is_main else None)
     if dist.is_main:
         return stats

@@ -117,6 +117,8 @@ COLLECTIVES = textwrap.dedent('''
         out["rank"] = d.rank
         out["gather"] = gather_json({"r": d.rank, "x": [math.inf] * d.rank}, d)
         out["empty"] = [p.decode() for p in d.gather_bytes(b"" if d.rank else b"abc")]
+        out["bcast"] = [d.broadcast_bytes(b"" if d.rank == 0 else None).decode(),
+                        d.broadcast_bytes(b"xyz" if d.rank == 0 else None).decode()]
         # rank 0's statistics on every rank, bit for bit
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -169,7 +171,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path):
     assert [o["rank"] for o in outs] == [0, 1]
     for o in outs:
         assert o["gather"] == [{"r": 0, "x": []}, {"r": 1, "x": [float("inf")]}]
-        assert o["empty"] == ["abc", ""]
+        assert o["empty"] == ["abc", ""] and o["bcast"] == ["", "xyz"]
         assert o["top1"] == 50.0                              # 2 of 4, not mean(100 %, 33 %)
         assert "differ between ranks" in o["differ"]
     assert [o["made_here"] for o in outs] == [1, 0]           # made once, on rank 0
