@@ -267,6 +267,8 @@ def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig |
     device = dist.device(spec.device) if device is None else torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"--keep-8bit must be a number of layers >= 0, got {keep!r}")
     if (norms or keep) and config is None:
         raise ValueError("--norms and --keep-8bit need a quantized preset, not float")
     calib, loader, data_desc = data if data is not None else _data(spec, model_name, dist)
@@ -283,6 +285,8 @@ def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig |
             from .sensitivity import high_precision, keep_layers
 
             ranking = _ranking(qmodel, folded(), calib, spec, device, dist)
+            if keep > len(ranking):
+                raise ValueError(f"--keep-8bit {keep}: {model_name} has {len(ranking)} quantized layers")
             high, _, _ = _quantize(spec, model, high_precision(config), calib, device, dist)
             qmodel = keep_layers(qmodel, high, [r["layer"] for r in ranking[:keep]])
     calib_s = time.perf_counter() - t0
@@ -395,6 +399,8 @@ def _sweep_plan(args) -> list[tuple[str, str, QuantConfig | None, int]]:
     for name in args.presets:
         if name != FLOAT and name not in PRESETS:
             raise ValueError(f"--presets: {name!r} is not one of {[FLOAT] + sorted(PRESETS)}")
+    if any(k < 0 for k in args.keep_8bit or []):
+        raise ValueError(f"--keep-8bit must be >= 0, got {args.keep_8bit}")
     plan = []
     for m in args.models:
         for name in args.presets:

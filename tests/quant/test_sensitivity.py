@@ -131,3 +131,8 @@ def test_sweep_rows_for_kept_layers_and_norms(tmp_path, capsys):
     assert files == ["norms-resnet20_fmnist-w4a4-naive-W4A4-keep3.csv", "norms-resnet20_fmnist-w4a4-naive-W4A4.csv"]
     lines = list(csv.DictReader(open(tmp_path / "norms" / files[1])))
     assert len(lines) == 96 * 22 and lines[0]["image"] == "0"
+    for bad, message in (("-1", "must be >= 0"), ("30", "22 quantized layers")):
+        with pytest.raises(SystemExit):
+            main(["sweep", "--models", "resnet20_fmnist", "--presets", "w4a4-naive", "--keep-8bit", bad,
+                  "--results", "", *RUN])
+        assert message in capsys.readouterr().err
