@@ -52,6 +52,8 @@ class KMeansResult:
     exact : bool
         True when the codebooks are the global optimum (the unrestricted programme ran; Lloyd's iteration
         then cannot move them).
+    axis : int or None
+        The channel axis of the data (None: one codebook for all of it).
     """
 
     levels: np.ndarray
@@ -60,17 +62,17 @@ class KMeansResult:
     iterations: int
     converged: bool
     exact: bool = False
+    axis: int | None = None
 
     def reconstruct(self) -> np.ndarray:
         """The quantized data: every value replaced by its level (the shape of ``x``)."""
         levels = self.levels.reshape(1, -1) if self.levels.ndim == 1 else self.levels
-        axis = self._axis
+        axis = self.axis
         codes = np.moveaxis(self.codes, axis, 0) if axis is not None else self.codes.reshape(1, -1)
         rows = codes.reshape(codes.shape[0], -1)
         out = np.take_along_axis(levels, rows, axis=1).reshape(codes.shape)
         return np.moveaxis(out, 0, axis) if axis is not None else out.reshape(self.codes.shape)
 
-    _axis: int | None = None
 
 
 def _count_le(sorted_rows: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -296,11 +298,11 @@ def kmeans_1d(x, *, levels, axis=None, exact=False, max_iter=300) -> KMeansResul
     arr = np.asarray(x, dtype=np.float64)
     if scalar:
         return KMeansResult(levels=lv[0], codes=codes.reshape(arr.shape), mse=float(mse[0]), iterations=it,
-                            converged=converged, exact=certified, _axis=None)
+                            converged=converged, exact=certified, axis=None)
     ax = axis % arr.ndim
     moved = np.moveaxis(arr, ax, 0).shape
     return KMeansResult(levels=lv, codes=np.moveaxis(codes.reshape(moved), 0, ax), mse=mse, iterations=it,
-                        converged=converged, exact=certified, _axis=ax)
+                        converged=converged, exact=certified, axis=ax)
 
 
 def kmeans_quantize(x, *, bits, axis=None, max_iter=300) -> np.ndarray:
