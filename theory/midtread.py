@@ -44,6 +44,7 @@ OBJECTIVES = ("model", "exact")
 error of the mid-tread grid at its own optimum alpha."""
 
 _MAX_BINS = 1 << 16
+_DP_WORK = 1 << 31     # channels x budget x bins of the exact-error programme (about 25 s of numpy)
 _CHUNK = 1 << 18
 
 
@@ -278,6 +279,9 @@ def _programme(scales2: np.ndarray, f: np.ndarray, capacity: int) -> np.ndarray:
     :math:`D_i(b) = \min_w D_{i-1}(b - w) + s_i^2 f(w)`, :math:`O(C\,B\,W)`. Ties go to fewer bins."""
     c, top = scales2.size, f.size - 1
     cap = max(int(capacity), 0)
+    if c * (cap + 1) * (top + 1) > _DP_WORK:
+        raise ValueError(f"the exact-error allocation of {c} channels and {cap} bins (up to {top} each) is too "
+                         "large for the dynamic programme: use objective='model', or fewer bins per channel")
     spent = np.arange(cap + 1)[:, None] - np.arange(top + 1)[None, :]     # b - w
     valid = spent >= 0
     spent = np.maximum(spent, 0)

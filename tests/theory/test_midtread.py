@@ -109,6 +109,13 @@ def test_integer_allocation_is_the_brute_force_optimum(objective, prior):
             assert np.sum(scales ** 2 * f[w]) == pytest.approx(best, rel=1e-12)
 
 
+def test_a_programme_too_large_is_refused(monkeypatch):
+    monkeypatch.setattr(mt, "_DP_WORK", 1000)
+    with pytest.raises(ValueError, match="objective='model'"):
+        allocate_bins([1.0, 2.0, 3.0], avg_bits=4, prior="laplace", objective="exact")
+    assert allocate_bins([1.0, 2.0, 3.0], avg_bits=4, prior="laplace").bins.sum() == 48   # greedy: no limit
+
+
 def test_the_exact_error_is_not_convex_in_the_bins():
     f, _ = mt._unit_table("laplace", 12, False, "exact")
     assert np.any(np.diff(f, 2) < 0)                       # odd bins have no level at 0: greedy would be wrong
