@@ -261,6 +261,9 @@ def _check_backend(config: QuantConfig, backend: str) -> None:
         raise ValueError(f"backend must be 'fake' or 'kernels', got {backend!r}")
     if backend == "kernels" and config.act_site != "input":
         raise ValueError("backend='kernels' quantizes activations as they load: it needs act_site='input'")
+    if backend == "kernels" and config.weight_quantizer == "kmeans":
+        raise ValueError("backend='kernels' runs uniform integer grids: weight_quantizer='kmeans' needs the "
+                         "fake backend")
     if backend == "kernels" and config.weights_off_grid:
         raise ValueError("backend='kernels' needs integer weights: use bias_form='on-grid' (the seed form moves "
                          "weights off the grid)")

@@ -1,4 +1,7 @@
-"""``aciq evaluate``, ``aciq sweep`` and ``aciq results``: registered in the ``aciq.cli`` entry-point group.
+"""``aciq evaluate``, ``sweep``, ``sensitivity`` and ``results``: registered in the ``aciq.cli`` entry-point group.
+
+Each runs data-parallel under ``torchrun`` (:mod:`aciq.quant.distributed`) and logs to MLflow with ``--mlflow``
+(:mod:`aciq.quant.tracking`).
 
 Data per model:
 
@@ -20,7 +23,10 @@ import time
 
 import torch
 
-from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
+from .config import (ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES, BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES,
+                     EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS, PerChannel, PerTensor, QuantConfig,
+                     preset)
+from .zoo import MODELS
 
 __all__ = ["register", "run", "build_config"]
 
@@ -51,10 +57,13 @@ _OVERRIDES = {
     "alloc_budget": ("alloc_budget", None), "bias_correction": ("bias_correction", None),
     "bias_form": ("bias_form", None), "first_layer_bits": ("first_layer_bits", None),
     "last_layer_bits": ("last_layer_bits", None),
-    "half_range": ("half_range", lambda v: {"auto": "auto", "on": True, "off": False}[v]),
+    "half_range": ("half_range", lambda v: _HALF_RANGE_NAMES[v]),
     "act_site": ("act_site", None), "pool_bits": ("pool_bits", None),
-    "mse_candidates": ("mse_candidates", None),
+    "mse_candidates": ("mse_candidates", None), "weight_quantizer": ("weight_quantizer", None),
 }
+GRANULARITIES = ("tensor", "channel")
+_HALF_RANGE_NAMES = {"auto": "auto", "on": True, "off": False}   # option spelling -> HALF_RANGE value
+_ALLOC_NAMES = tuple("none" if r is None else r for r in ALLOCATION_RULES)
 
 
 def build_config(preset_name: str | None, overrides: dict) -> QuantConfig | None:
@@ -78,24 +87,24 @@ def _add_config_options(p):
     g.add_argument("--preset", help=f"named config: {FLOAT}, " + ", ".join(sorted(PRESETS)))
     g.add_argument("-w", "--weight-bits", type=_opt_bits, help="1..8 or none")
     g.add_argument("-a", "--act-bits", type=_opt_bits, help="1..8 or none")
-    g.add_argument("--weight-granularity", choices=("tensor", "channel"))
-    g.add_argument("--act-granularity", choices=("tensor", "channel"))
-    modes = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
-    g.add_argument("--weight-clipping", choices=modes)
-    g.add_argument("--act-clipping", choices=modes)
+    g.add_argument("--weight-granularity", choices=GRANULARITIES)
+    g.add_argument("--act-granularity", choices=GRANULARITIES)
+    g.add_argument("--weight-clipping", choices=CLIPPING_MODES)
+    g.add_argument("--act-clipping", choices=CLIPPING_MODES)
+    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS)
     g.add_argument("--kstd", type=float)
-    g.add_argument("--exact-prior", choices=("laplace", "gauss"))
-    g.add_argument("--act-bit-alloc", choices=("none", "paper", "optimal"))
-    g.add_argument("--weight-bit-alloc", choices=("none", "paper", "optimal"))
+    g.add_argument("--exact-prior", choices=EXACT_PRIORS)
+    g.add_argument("--act-bit-alloc", choices=_ALLOC_NAMES)
+    g.add_argument("--weight-bit-alloc", choices=_ALLOC_NAMES)
     g.add_argument("--act-avg-bits", type=float)
     g.add_argument("--weight-avg-bits", type=float)
-    g.add_argument("--alloc-budget", choices=("bins", "bits"))
-    g.add_argument("--bias-correction", choices=("off", "mean", "mean+variance"))
-    g.add_argument("--bias-form", choices=("seed", "on-grid"))
+    g.add_argument("--alloc-budget", choices=ALLOC_BUDGETS)
+    g.add_argument("--bias-correction", choices=BIAS_CORRECTION)
+    g.add_argument("--bias-form", choices=BIAS_FORMS)
     g.add_argument("--first-layer-bits", type=_opt_bits)
     g.add_argument("--last-layer-bits", type=_opt_bits)
-    g.add_argument("--half-range", choices=("auto", "on", "off"))
-    g.add_argument("--act-site", choices=("input", "output"))
+    g.add_argument("--half-range", choices=tuple(_HALF_RANGE_NAMES))
+    g.add_argument("--act-site", choices=ACT_SITES)
     g.add_argument("--pool-bits", type=_opt_bits)
     g.add_argument("--mse-candidates", type=int)
 
@@ -115,7 +124,7 @@ def _add_run_options(p):
 
 
 # --------------------------------------------------------------------------- data
-def _fmnist(spec, model_name):
+def _fmnist(spec, model_name, dist):
     from . import fashion_mnist as fm
 
     root = None if spec.data in (None, "") else spec.data
@@ -132,10 +141,10 @@ def _fmnist(spec, model_name):
         x, y = x[:spec.limit], y[:spec.limit]
     from .evaluate import Loader
 
-    return calib, Loader(x, y, spec.batch_size), f"fashion-mnist test ({len(x)})"
+    return calib, Loader(dist.shard(x), dist.shard(y), spec.batch_size), f"fashion-mnist test ({len(x)})"
 
 
-def _photos(spec, model_name):
+def _photos(spec, model_name, dist):
     from . import photos
     from .evaluate import Loader
 
@@ -145,10 +154,10 @@ def _photos(spec, model_name):
     x, y = photos.photo_batch(ev, model_name=model_name)
     if spec.limit:
         x, y = x[:spec.limit], y[:spec.limit]
-    return calib, Loader(x, y, spec.batch_size), f"foolbox photos 10-19 ({len(x)})"
+    return calib, Loader(dist.shard(x), dist.shard(y), spec.batch_size), f"foolbox photos 10-19 ({len(x)})"
 
 
-def _folder(spec, model_name):
+def _folder(spec, model_name, dist):
     from torch.utils.data import DataLoader, Subset
 
     from . import zoo
@@ -166,20 +175,24 @@ def _folder(spec, model_name):
     if spec.limit:
         eval_idx = eval_idx[:spec.limit]
     calib = torch.stack([ds[i][0] for i in calib_idx])
-    loader = DataLoader(Subset(ds, eval_idx), batch_size=spec.batch_size, shuffle=False,
+    loader = DataLoader(Subset(ds, dist.shard(eval_idx)), batch_size=spec.batch_size, shuffle=False,
                         num_workers=spec.workers)
     return calib, loader, f"{spec.data} ({len(eval_idx)})"
 
 
-def _data(spec, model_name):
+def _data(spec, model_name, dist=None):
+    """(calibration images, this rank's evaluation loader, description of the whole evaluation set)."""
+    from .distributed import Dist
+
+    dist = Dist() if dist is None else dist
     if isinstance(spec.calib_images, bool) or spec.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
     try:
         if model_name == "resnet20_fmnist":
-            return _fmnist(spec, model_name)
+            return _fmnist(spec, model_name, dist)
         if spec.data in (None, "", "photos"):
-            return _photos(spec, model_name)
-        return _folder(spec, model_name)
+            return _photos(spec, model_name, dist)
+        return _folder(spec, model_name, dist)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
 
@@ -194,50 +207,136 @@ def _load(model_name, weights):
         raise ValueError(str(exc)) from None
 
 
-def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig | None, model=None,
-        data=None) -> dict:
-    """Load, calibrate, convert, evaluate one (model, config); return the results row."""
+def _quantize(spec, model, config: QuantConfig, calib, device, dist):
+    """The quantized model of ``config``: statistics made once (rank 0, or ``--stats-load``) and shared.
+
+    Returns ``(qmodel, statistics, make_folded)``; ``make_folded()`` gives a fresh float copy with BatchNorm
+    folded whose module names match ``qmodel`` (for the per-layer measurements).
+    """
     from .api import collect_statistics, convert, prepare
-    from .evaluate import evaluate
+    from .distributed import check_identical, share_statistics
     from .observe import Statistics
 
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+    batches = [calib[i:i + spec.batch_size].to(device) for i in range(0, len(calib), spec.batch_size)]
+    p = prepare(model, batches[0], config)
+
+    def make():
+        if getattr(spec, "stats_load", None):
+            return Statistics.load(spec.stats_load)
+        return collect_statistics(model, config, batches, prepared=p)
+
+    stats = share_statistics(dist, make)
+    if getattr(spec, "stats_save", None) and dist.is_main:
+        stats.save(spec.stats_save)
+    qmodel = convert(p, config, stats, backend=spec.backend)
+    check_identical(qmodel, dist)
+    return qmodel, stats, (lambda: prepare(model, batches[0], config).model)
+
+
+def _score(spec, *, model_name, preset_name, config, qmodel, model, loader, data_desc, device, dist,
+           calib_n, calib_s) -> dict:
+    """Evaluate ``qmodel`` against ``model`` on (this rank's share of) ``loader``: the results row."""
+    from .evaluate import evaluate
+
+    result = evaluate(qmodel, None if config is None else model, loader, device=device,
+                      progress=not spec.no_progress and dist.is_main, desc=f"{model_name} {preset_name or 'custom'}",
+                      dist=dist)
+    if config is None:
+        result.update(agreement=100.0, mean_kl=0.0, logit_sqnr_db=math.inf, float_eval_s=result["eval_s"])
+    return {"time": _dt.datetime.now().isoformat(timespec="seconds"), "model": model_name,
+            "preset": preset_name or "custom", "config": "float" if config is None else config.describe(),
+            "weight_bits": None if config is None else config.weight_bits,
+            "act_bits": None if config is None else config.act_bits,
+            "calib_images": calib_n, "calib_s": calib_s, "device": dist.describe(device),
+            "batch_size": spec.batch_size, "backend": spec.backend, "data": data_desc, **result}
+
+
+def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig | None, model=None,
+        data=None, dist=None, device=None, record: bool = True, norms=None, keep: int = 0) -> dict:
+    """Load, calibrate, convert, evaluate one (model, config); return the results row.
+
+    ``dist`` (:class:`aciq.quant.distributed.Dist`): ``data`` holds this rank's shard, rank 0 makes the
+    statistics for all, the metrics are reduced over the ranks, and only rank 0 records the row. ``device``
+    overrides ``spec.device``. ``record``: append the row to ``spec.results`` (rank 0). ``norms``: a CSV path
+    for the per-sample output norms of every layer (:mod:`aciq.quant.norms`). ``keep``: that many of the most
+    sensitive layers (lowest measured SQNR, :mod:`aciq.quant.sensitivity`) stay at 8 bits.
+    """
+    from .distributed import Dist
+
+    dist = Dist() if dist is None else dist
+    device = dist.device(spec.device) if device is None else torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    calib, loader, data_desc = data if data is not None else _data(spec, model_name)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"--keep-8bit must be a number of layers >= 0, got {keep!r}")
+    if (norms or keep) and config is None:
+        raise ValueError("--norms and --keep-8bit need a quantized preset, not float")
+    calib, loader, data_desc = data if data is not None else _data(spec, model_name, dist)
     if model is None:
         model = _load(model_name, spec.weights)
-    device = torch.device(spec.device)
     model = model.to(device).eval()
     t0 = time.perf_counter()
     if config is None:
         qmodel, calib_n = model, 0
     else:
-        batches = [calib[i:i + spec.batch_size].to(device) for i in range(0, len(calib), spec.batch_size)]
-        p = prepare(model, batches[0], config)
-        if getattr(spec, "stats_load", None):
-            stats = Statistics.load(spec.stats_load)
-        else:
-            stats = collect_statistics(model, config, batches, prepared=p)
-        if getattr(spec, "stats_save", None):
-            stats.save(spec.stats_save)
-        qmodel = convert(p, config, stats, backend=spec.backend)
+        qmodel, stats, folded = _quantize(spec, model, config, calib, device, dist)
         calib_n = stats.images
+        if keep:
+            from .sensitivity import high_precision, keep_layers
+
+            ranking = _ranking(qmodel, folded(), calib, spec, device, dist)
+            if keep > len(ranking):
+                raise ValueError(f"--keep-8bit {keep}: {model_name} has {len(ranking)} quantized layers")
+            high, _, _ = _quantize(spec, model, high_precision(config), calib, device, dist)
+            qmodel = keep_layers(qmodel, high, [r["layer"] for r in ranking[:keep]])
     calib_s = time.perf_counter() - t0
-    result = evaluate(qmodel, None if config is None else model, loader, device=device,
-                      progress=not spec.no_progress, desc=f"{model_name} {preset_name or 'custom'}")
-    if config is None:
-        result.update(agreement=100.0, mean_kl=0.0, logit_sqnr_db=math.inf, float_eval_s=result["eval_s"])
-    row = {"time": _dt.datetime.now().isoformat(timespec="seconds"), "model": model_name,
-           "preset": preset_name or "custom", "config": "float" if config is None else config.describe(),
-           "weight_bits": None if config is None else config.weight_bits,
-           "act_bits": None if config is None else config.act_bits,
-           "calib_images": calib_n, "calib_s": calib_s, "device": str(device), "batch_size": spec.batch_size,
-           "backend": spec.backend, "data": data_desc, **result}
-    if getattr(spec, "results", None):
+    row = _score(spec, model_name=model_name, preset_name=preset_name, config=config, qmodel=qmodel, model=model,
+                 loader=loader, data_desc=data_desc, device=device, dist=dist, calib_n=calib_n, calib_s=calib_s)
+    if keep:
+        row.update(preset=f"{row['preset']}+keep{keep}", config=f"{row['config']} keep8:{keep}", keep_8bit=keep)
+    if norms:
+        row["norms_csv"] = str(_write_norms(norms, qmodel, folded(), loader, device, dist))
+    if record and getattr(spec, "results", None) and dist.is_main:
         from .evaluate import append_csv
 
         append_csv(spec.results, row)
     return row
+
+
+def _ranking(qmodel, folded, calib, spec, device, dist) -> list[dict]:
+    """The quantized layers, most sensitive first: SQNR measured on the calibration images on rank 0 (every
+    rank holds the identical model), shared with the others."""
+    from .sensitivity import layer_sqnr
+
+    ranking = None
+    if dist.is_main:
+        batches = [calib[i:i + spec.batch_size].to(device) for i in range(0, len(calib), spec.batch_size)]
+        sqnr = layer_sqnr(qmodel, folded.to(device), batches)
+        order = sorted(sqnr, key=lambda n: (sqnr[n], list(sqnr).index(n)))
+        ranking = [{"rank": i + 1, "layer": n, "sqnr_db": sqnr[n]} for i, n in enumerate(order)]
+    return json.loads(dist.broadcast_bytes(json.dumps(ranking).encode() if dist.is_main else None))
+
+
+def _write_norms(path, qmodel, folded, loader, device, dist):
+    """Per-sample norms of this rank's images, gathered to rank 0 (image ids: positions in the whole set)."""
+    import numpy as np
+
+    from .distributed import gather_json
+    from .norms import output_norms, write_norms_csv
+
+    local = output_norms(qmodel, folded, loader, device=device)
+    n = local["norm2_float"].shape[0]
+    if not dist.active:
+        return write_norms_csv(path, local)
+    keys = ("norm2_float", "norm2_quant", "dist2")
+    parts = gather_json({k: local[k].tolist() for k in keys} | {"n": n}, dist)
+    if not dist.is_main:
+        return path
+    merged = {"layers": local["layers"]}
+    for k in keys:
+        merged[k] = np.concatenate([np.asarray(p[k], np.float64).reshape(p["n"], -1) for p in parts])
+    ids = np.concatenate([r + np.arange(p["n"]) * dist.world_size for r, p in enumerate(parts)])
+    return write_norms_csv(path, merged, image_ids=ids)
 
 
 def _summary(row) -> str:
@@ -261,16 +360,19 @@ def _threads(args):
 
 
 def _cmd_evaluate(args) -> int:
+    from .distributed import session
+
     _threads(args)
     if args.stats_save and args.stats_load:
         raise ValueError("give --stats-save or --stats-load, not both")
-    from .zoo import MODELS
-
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {list(MODELS)}, got {args.model!r}")
     config = build_config(args.preset, _overrides(args))
-    row = run(args, model_name=args.model, preset_name=args.preset, config=config)
-    print(json.dumps(row, default=str) if args.json else _summary(row))
+    with session(args.device) as dist:
+        row = run(args, model_name=args.model, preset_name=args.preset, config=config, dist=dist, norms=args.norms)
+    if dist.is_main:
+        print(json.dumps(row, default=str) if args.json else _summary(row))
+        _track(args, [(row, config)])
     return 0
 
 
@@ -287,30 +389,92 @@ SWEEP_COLUMNS = (("model", "model"), ("preset", "preset"), ("weight_bits", "W"),
                  ("logit_sqnr_db", "SQNR dB"), ("n", "n"), ("calib_s", "calib s", 1), ("eval_s", "eval s", 1))
 
 
-def _cmd_sweep(args) -> int:
-    _threads(args)
-    from . import zoo
-    from .evaluate import markdown_table
-
+def _sweep_plan(args) -> list[tuple[str, str, QuantConfig | None, int]]:
+    """(model, preset, config, layers kept at 8 bits) of every row of the sweep, in order."""
     for m in args.models:
-        if m not in zoo.MODELS:
-            raise ValueError(f"--models: {m!r} is not one of {list(zoo.MODELS)}")
+        if m not in MODELS:
+            raise ValueError(f"--models: {m!r} is not one of {list(MODELS)}")
     if args.weights and len(args.models) != 1:
         raise ValueError("--weights needs exactly one model in --models")
     for name in args.presets:
         if name != FLOAT and name not in PRESETS:
             raise ValueError(f"--presets: {name!r} is not one of {[FLOAT] + sorted(PRESETS)}")
-    rows = []
+    if any(k < 0 for k in args.keep_8bit or []):
+        raise ValueError(f"--keep-8bit must be >= 0, got {args.keep_8bit}")
+    plan = []
     for m in args.models:
-        data = _data(args, m)
-        model = _load(m, args.weights)
         for name in args.presets:
             for bits in (args.bits or [None]):
                 if name == FLOAT and bits is not None and bits != args.bits[0]:
                     continue
                 over = {} if bits is None or name == FLOAT else {"weight_bits": bits[0], "act_bits": bits[1]}
                 config = build_config(name, over)
-                rows.append(run(args, model_name=m, preset_name=name, config=config, model=model, data=data))
+                for keep in ([0] if config is None else (args.keep_8bit or [0])):
+                    plan.append((m, name, config, keep))
+    return plan
+
+
+def _sweep_kwargs(args, m, name, config, keep) -> dict:
+    norms = None
+    if args.norms and config is not None:
+        from pathlib import Path
+
+        w, a = config.weight_bits, config.act_bits
+        norms = Path(args.norms) / f"norms-{m}-{name}-W{w}A{a}" f"{f'-keep{keep}' if keep else ''}.csv"
+    return {"model_name": m, "preset_name": name, "config": config, "keep": keep, "norms": norms}
+
+
+def _sweep_data_parallel(args, plan, dist) -> list[dict]:
+    """Every row on every rank, the evaluation set sharded (rank 0 records)."""
+    rows, loaded = [], {}
+    for m, name, config, keep in plan:
+        if m not in loaded:
+            loaded = {m: (_data(args, m, dist), _load(m, args.weights))}
+        data, model = loaded[m]
+        rows.append(run(args, model=model, data=data, dist=dist, **_sweep_kwargs(args, m, name, config, keep)))
+    return rows
+
+
+def _sweep_row_parallel(args, plan, dist) -> list[dict]:
+    """Row i on rank i mod W, on the whole evaluation set; the rows gathered (as JSON) in order, rank 0 records."""
+    from .distributed import gather_json
+    from .evaluate import append_csv
+
+    mine, loaded = [], {}
+    try:
+        for i in range(dist.rank, len(plan), dist.world_size):
+            m, name, config, keep = plan[i]
+            if m not in loaded:
+                loaded = {m: (_data(args, m), _load(m, args.weights))}
+            data, model = loaded[m]
+            row = run(args, model=model, data=data, device=dist.device(args.device), record=False,
+                      **_sweep_kwargs(args, m, name, config, keep))
+            mine.append([i, row])
+        status = {"rows": mine}
+    except ValueError as exc:   # tell the other ranks instead of leaving them waiting in the gather
+        status = {"error": f"rank {dist.rank}: {exc}"}
+    parts = gather_json(status, dist)
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        raise ValueError("; ".join(errors))
+    rows = [row for _, row in sorted((i, row) for p in parts for i, row in p["rows"])]
+    if args.results and dist.is_main:
+        for row in rows:
+            append_csv(args.results, row)
+    return rows
+
+
+def _cmd_sweep(args) -> int:
+    from .distributed import session
+    from .evaluate import markdown_table
+
+    _threads(args)
+    plan = _sweep_plan(args)
+    with session(args.device) as dist:
+        spread = _sweep_row_parallel if args.distribute == "rows" and dist.active else _sweep_data_parallel
+        rows = spread(args, plan, dist)
+    if not dist.is_main:
+        return 0
     if args.json:
         print(json.dumps(rows, default=str))
     else:
@@ -319,7 +483,128 @@ def _cmd_sweep(args) -> int:
         from pathlib import Path
 
         Path(args.markdown).write_text(markdown_table(rows, SWEEP_COLUMNS))
+    _track(args, [(row, config) for row, (_, _, config, _) in zip(rows, plan)], artifacts=[args.markdown])
     return 0
+
+
+# --------------------------------------------------------------------------- layer sensitivity (-ct, -ep)
+SENSITIVITY_COLUMNS = ("sweep", "keep", "bits", "model", "preset", "config", "top1", "top5", "agreement",
+                       "mean_kl", "logit_sqnr_db", "n", "kept")
+LAYER_COLUMNS = ("rank", "layer", "sqnr_db")
+
+
+def _default_keeps(n_layers: int) -> list[int]:
+    keeps = [0] + [1 << i for i in range(n_layers.bit_length()) if (1 << i) < n_layers]
+    return keeps + [n_layers]
+
+
+def _cmd_sensitivity(args) -> int:
+    from pathlib import Path
+
+    from .distributed import session
+    from .evaluate import append_csv, markdown_table, write_csv
+    from .sensitivity import high_precision, keep_layers, sensitivity_figure
+
+    _threads(args)
+    if args.model not in MODELS:
+        raise ValueError(f"--model must be one of {list(MODELS)}, got {args.model!r}")
+    config = build_config(args.preset, _overrides(args))
+    if config is None:
+        raise ValueError("--preset float has no layer to rank: give a quantized preset")
+    for b in args.bits:
+        if not 1 <= b <= 8:
+            raise ValueError(f"--bits must lie in 1..8, got {b}")
+    if any(k < 0 for k in args.keep or []):
+        raise ValueError(f"--keep must be >= 0, got {args.keep}")
+    preset_name = args.preset or "custom"
+    base = dict(model_name=args.model, preset_name=preset_name)
+    with session(args.device) as dist:
+        device = dist.device(args.device)
+        calib, loader, data_desc = _data(args, args.model, dist)
+        model = _load(args.model, args.weights).to(device).eval()
+        t0 = time.perf_counter()
+        low, stats, folded = _quantize(args, model, config, calib, device, dist)
+        ranking = _ranking(low, folded(), calib, args, device, dist)
+        keeps = _default_keeps(len(ranking)) if args.keep is None else sorted(set(args.keep))
+        if keeps[-1] > len(ranking):
+            raise ValueError(f"--keep {keeps[-1]}: the model has {len(ranking)} quantized layers")
+        high = _quantize(args, model, high_precision(config), calib, device, dist)[0] if keeps[-1] else None
+        calib_s = time.perf_counter() - t0
+        score = dict(model=model, loader=loader, data_desc=data_desc, device=device, dist=dist,
+                     calib_n=stats.images, calib_s=calib_s)
+        keep_rows, bits_rows = [], []
+        for k in keeps:
+            names = [r["layer"] for r in ranking[:k]]
+            qm = keep_layers(low, high, names) if k else low
+            row = _score(args, **{**base, "preset_name": f"{preset_name}+keep{k}"}, config=config, qmodel=qm, **score)
+            row.update(sweep="keep", keep=k, bits=config.weight_bits, kept=";".join(names),
+                       config=f"{row['config']} keep8:{k}")
+            keep_rows.append(row)
+        for b in args.bits:
+            cfg = high_precision(config, b)
+            t1 = time.perf_counter()
+            qm, st, _ = _quantize(args, model, cfg, calib, device, dist)
+            row = _score(args, **{**base, "preset_name": f"{preset_name}@{b}bit"}, config=cfg, qmodel=qm,
+                         **{**score, "calib_n": st.images, "calib_s": time.perf_counter() - t1})
+            row.update(sweep="bits", keep=0, bits=b, kept="")
+            bits_rows.append(row)
+    if not dist.is_main:
+        return 0
+    out = Path(args.out)
+    stem = out / f"sensitivity-{args.model}-{preset_name}"
+    rows = keep_rows + bits_rows
+    paths = [write_csv(f"{stem}-layers.csv", ranking, LAYER_COLUMNS), write_csv(f"{stem}.csv", rows,
+                                                                                 SENSITIVITY_COLUMNS)]
+    fig = sensitivity_figure(keep_rows, bits_rows, title=f"{args.model} {preset_name}: layer sensitivity")
+    fig.savefig(f"{stem}.png", dpi=150, metadata={"Software": None})
+    paths.append(Path(f"{stem}.png"))
+    if args.results:
+        for row in rows:
+            append_csv(args.results, row)
+    if args.json:
+        print(json.dumps({"layers": ranking, "rows": rows, "files": [str(p) for p in paths]}, default=str))
+    else:
+        print(markdown_table(ranking, (("rank", "rank"), ("layer", "layer"), ("sqnr_db", "SQNR dB"))), end="")
+        print()
+        print(markdown_table(rows, (("sweep", "sweep"), ("keep", "kept at 8 bits"), ("bits", "bits"),
+                                    ("top1", "top-1"), ("agreement", "agree %"), ("mean_kl", "KL", 4),
+                                    ("logit_sqnr_db", "SQNR dB"), ("n", "n"))), end="")
+        for path in paths:
+            print(path)
+    _track(args, [(row, config if row["sweep"] == "keep" else high_precision(config, row["bits"]))
+                  for row in rows], artifacts=paths, run_name=f"sensitivity {args.model} {preset_name}")
+    return 0
+
+
+# --------------------------------------------------------------------------- experiment tracking
+def _params(args, row: dict, config: QuantConfig | None) -> dict:
+    """What identifies a row in MLflow: the config's fields and the run settings."""
+    params = {"model": row["model"], "preset": row["preset"], "config": row["config"], "data": row["data"],
+              "calib_images": row["calib_images"], "batch_size": row["batch_size"], "device": row["device"],
+              "backend": row["backend"], "seed": getattr(args, "seed", None), "limit": getattr(args, "limit", None),
+              "weights": getattr(args, "weights", None), "keep_8bit": row.get("keep_8bit", 0)}
+    if config is not None:
+        params.update({f"config.{k}": v for k, v in config.to_dict().items()})
+    return params
+
+
+def _track(args, pairs, *, artifacts=(), run_name=None) -> None:
+    """Log ``(row, config)`` pairs to MLflow when ``--mlflow`` was given."""
+    if getattr(args, "mlflow", None) is None:
+        return
+    from .tracking import log_rows
+
+    log_rows([(row, _params(args, row, config)) for row, config in pairs], uri=args.mlflow,
+             experiment=args.mlflow_experiment, artifacts=artifacts, run_name=run_name)
+
+
+def _add_tracking_options(p) -> None:
+    from .tracking import DEFAULT_URI
+
+    g = p.add_argument_group("experiment tracking (optional: pip install 'aciq[tracking]')")
+    g.add_argument("--mlflow", nargs="?", const=DEFAULT_URI, metavar="URI",
+                   help=f"log the rows to MLflow (default store: ./{DEFAULT_URI}, a local file store)")
+    g.add_argument("--mlflow-experiment", default="aciq", help="MLflow experiment name (default: aciq)")
 
 
 def _cmd_results(args) -> int:
@@ -351,18 +636,26 @@ def _cmd_model_figures(args) -> int:
     return 0
 
 
+def _experiments() -> tuple:
+    from .embedded import EXPERIMENTS
+
+    return tuple(EXPERIMENTS)
+
+
 def register(subparsers) -> None:
-    """Add ``evaluate``, ``sweep``, ``results`` and ``model-figures`` to the ``aciq`` command."""
+    """Add ``evaluate``, ``sweep``, ``sensitivity``, ``results`` and ``model-figures`` to the ``aciq`` command."""
     p = subparsers.add_parser("evaluate", help="quantize one model and score it against its float original",
                               description="quantize one model and score it against its float original")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
-    p.add_argument("--model", required=True, help="resnet18, resnet50, resnet101, vgg16, vgg16_bn, inception_v3, "
-                   "mobilenet_v2, efficientnet_lite0, resnet20_fmnist")
+    p.add_argument("--model", required=True, help=", ".join(MODELS))
     p.add_argument("--weights", help="a local state-dict file (loaded with weights_only=True)")
     p.add_argument("--stats-save", help="save the calibration statistics (<stem>.json + <stem>.npz)")
     p.add_argument("--stats-load", help="use statistics saved earlier instead of collecting them")
+    p.add_argument("--norms", metavar="CSV", help="also write the per-sample output norms of every layer, float "
+                   "and quantized, and their distance (the seed's -ms)")
     _add_run_options(p)
     _add_config_options(p)
+    _add_tracking_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser("sweep", help="presets x bit-widths x models into one CSV and a markdown table",
@@ -373,14 +666,39 @@ def register(subparsers) -> None:
     p.add_argument("--bits", nargs="+", type=_bits_pair, help="W/A pairs overriding the presets' bits, e.g. 4/4 4/8")
     p.add_argument("--weights", help="a local state-dict file (one model only)")
     p.add_argument("--markdown", help="also write the markdown table to this file")
+    p.add_argument("--keep-8bit", nargs="+", type=int, metavar="K",
+                   help="for every quantized row, also rows with the K most sensitive layers at 8 bits")
+    p.add_argument("--norms", metavar="DIR", help="also write each quantized row's per-layer output norms here")
+    p.add_argument("--distribute", choices=("data", "rows"), default="data",
+                   help="under torchrun: shard the evaluation set of every row (data, default) or give each "
+                        "rank whole rows (rows)")
     _add_run_options(p)
+    _add_tracking_options(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = subparsers.add_parser("sensitivity", help="rank layers by measured error; sweep layers kept at 8 bits "
+                              "and int8 -> int4 (the seed's -ct, -ep)",
+                              description="rank the layers by measured quantization error (SQNR of each layer on "
+                              "its float input), then score the model with the k most sensitive layers at 8 bits "
+                              "and at every bit-width of --bits; writes CSVs and a plot")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.add_argument("--model", required=True, help=", ".join(MODELS))
+    p.add_argument("--weights", help="a local state-dict file (loaded with weights_only=True)")
+    p.add_argument("--keep", nargs="+", type=int, metavar="K",
+                   help="numbers of layers kept at 8 bits (default 0, 1, 2, 4, ... and all)")
+    p.add_argument("--bits", nargs="+", type=int, default=[8, 7, 6, 5, 4],
+                   help="bit-widths of the precision sweep, weights and activations (default 8 7 6 5 4)")
+    p.add_argument("--out", default="results", help="folder for the CSVs and the plot (default: results/)")
+    _add_run_options(p)
+    _add_config_options(p)
+    _add_tracking_options(p)
+    p.set_defaults(func=_cmd_sensitivity)
 
     p = subparsers.add_parser("results", help="the embedded experiments' results tables (no ImageNet needed)",
                               description="the embedded experiments' results tables (no ImageNet needed)")
     p.add_argument("--json", action="store_true", help="(no effect: the tables are files)")
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
-    p.add_argument("--only", nargs="+", choices=("efficientnet_lite0", "resnet20_fmnist"))
+    p.add_argument("--only", nargs="+", choices=_experiments())
     p.add_argument("--quick", action="store_true", help="fewer images and presets (a smoke run)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

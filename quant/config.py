@@ -14,10 +14,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "preset", "CLIPPING_MODES",
-           "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES", "CALIBRATION_MODES", "WEIGHT_ROUNDING",
-           "GPTQ_ORDERS", "EQUALIZE_RULES"]
+from aciq.theory import PRIORS
+from aciq.theory.allocation import BUDGETS
 
+__all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "preset", "CLIPPING_MODES",
+           "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES", "ALLOC_BUDGETS", "EXACT_PRIORS", "HALF_RANGE",
+           "ACT_SITES", "WEIGHT_QUANTIZERS", "CALIBRATION_MODES", "WEIGHT_ROUNDING", "GPTQ_ORDERS", "EQUALIZE_RULES",
+           "ACT_CAPS"]
+
+# Every list of choices lives here once (the CLI reads them too).
 CLIPPING_MODES = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
 BIAS_CORRECTION = ("off", "mean", "mean+variance", "empirical")
 BIAS_FORMS = ("seed", "on-grid")
@@ -26,6 +31,12 @@ CALIBRATION_MODES = ("float", "sequential")
 WEIGHT_ROUNDING = ("nearest", "gptq")
 GPTQ_ORDERS = ("descending", "natural")
 EQUALIZE_RULES = (None, "weights", "activations")
+ACT_CAPS = ("auto", "off")
+ALLOC_BUDGETS = BUDGETS
+EXACT_PRIORS = PRIORS
+HALF_RANGE = ("auto", True, False)
+ACT_SITES = ("input", "output")
+WEIGHT_QUANTIZERS = ("uniform", "kmeans")
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,12 @@ class QuantConfig:
         Windows tried by ``mse`` (fractions k/n of the min/max window, k = 1..n).
     kl_bins : int
         Histogram bins of ``kl``.
+    weight_quantizer : {"uniform", "kmeans"}
+        ``uniform``: the gemmlowp grid above. ``kmeans``: a non-uniform codebook of :math:`2^{bits}` levels
+        per output channel (``PerChannel``) or per tensor (``PerTensor``, the seed's
+        ``kmeans_quantization.py``), fitted by 1-D k-means (:func:`aciq.theory.kmeans.kmeans_1d`);
+        ``weight_clipping`` and ``weight_bit_alloc`` do not apply, bias correction keeps the ``seed`` form,
+        and only the fake backend runs it.
     skip : tuple of str
         Module names (``named_modules``) left in float.
     calibration : {"float", "sequential"}
@@ -168,6 +185,7 @@ class QuantConfig:
     pool_bits: int | None = None
     mse_candidates: int = 100
     kl_bins: int = 2048
+    weight_quantizer: str = "uniform"
     skip: tuple = ()
     calibration: str = "float"
     weight_rounding: str = "nearest"
@@ -191,18 +209,18 @@ class QuantConfig:
                              "PerChannel(axis=1)")
         _choice("weight_clipping", self.weight_clipping, CLIPPING_MODES)
         _choice("act_clipping", self.act_clipping, CLIPPING_MODES)
-        _choice("exact_prior", self.exact_prior, ("laplace", "gauss"))
+        _choice("exact_prior", self.exact_prior, EXACT_PRIORS)
         _choice("act_bit_alloc", self.act_bit_alloc, ALLOCATION_RULES)
         _choice("weight_bit_alloc", self.weight_bit_alloc, ALLOCATION_RULES)
-        _choice("alloc_budget", self.alloc_budget, ("bins", "bits"))
+        _choice("alloc_budget", self.alloc_budget, ALLOC_BUDGETS)
         _choice("bias_correction", self.bias_correction, BIAS_CORRECTION)
         _choice("bias_form", self.bias_form, BIAS_FORMS)
-        _choice("half_range", self.half_range, ("auto", True, False))
-        _choice("act_site", self.act_site, ("input", "output"))
+        _choice("half_range", self.half_range, HALF_RANGE)
+        _choice("act_site", self.act_site, ACT_SITES)
         _choice("calibration", self.calibration, CALIBRATION_MODES)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDING)
         _choice("gptq_order", self.gptq_order, GPTQ_ORDERS)
-        _choice("act_cap", self.act_cap, ("auto", "off"))
+        _choice("act_cap", self.act_cap, ACT_CAPS)
         _choice("equalize", self.equalize, EQUALIZE_RULES)
         if not isinstance(self.absorb_bias, bool):
             raise ValueError(f"absorb_bias must be True or False, got {self.absorb_bias!r}")
@@ -250,6 +268,16 @@ class QuantConfig:
         if self.weight_clipping == "mse" and self.weight_bit_alloc is not None:
             raise ValueError("weight_clipping='mse' searches windows for one bit-width; it cannot be combined "
                              "with weight_bit_alloc")
+        _choice("weight_quantizer", self.weight_quantizer, WEIGHT_QUANTIZERS)
+        if self.weight_quantizer == "kmeans":
+            if self.weight_bits is None:
+                raise ValueError("weight_quantizer='kmeans' needs weight_bits (the codebook has 2**weight_bits "
+                                 "levels)")
+            if self.weight_clipping != "minmax" or self.weight_bit_alloc is not None:
+                raise ValueError("weight_quantizer='kmeans' chooses its own levels: leave weight_clipping='minmax' "
+                                 "and weight_bit_alloc=None")
+            if self.bias_correction != "off" and self.bias_form != "seed":
+                raise ValueError("weight_quantizer='kmeans' has no integer grid to keep: use bias_form='seed'")
         if not isinstance(self.skip, tuple) or not all(isinstance(s, str) for s in self.skip):
             raise ValueError(f"skip must be a tuple of module names, got {self.skip!r}")
 
@@ -268,7 +296,8 @@ class QuantConfig:
         """One line: the bits and every technique that is on."""
         w = "f" if self.weight_bits is None else self.weight_bits
         a = "f" if self.act_bits is None else self.act_bits
-        parts = [f"W{w}A{a}", f"w:{self.weight_granularity}/{self.weight_clipping}",
+        w_how = "kmeans" if self.weight_quantizer == "kmeans" else self.weight_clipping
+        parts = [f"W{w}A{a}", f"w:{self.weight_granularity}/{w_how}",
                  f"a:{self.act_granularity}/{self.act_clipping}@{self.act_site}"]
         if self.act_bit_alloc:
             parts.append(f"alloc-a:{self.act_bit_alloc}")
@@ -338,6 +367,9 @@ PRESETS: dict[str, QuantConfig] = {
     "w4a4-pt-kl": QuantConfig(weight_bits=4, act_bits=4, act_clipping="kl"),
     "w4a4-pt-mse": QuantConfig(weight_bits=4, act_bits=4, act_clipping="mse"),
     "w4a4-pt-exact": QuantConfig(weight_bits=4, act_bits=4, act_clipping="exact"),
+    # --- the seed's kmeans_quantization.py (per tensor there; per output channel here), with its mean correction
+    "w4a8-kmeans": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans"),
+    "w4a8-kmeans-bias": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans", bias_correction="mean"),
 }
 
 

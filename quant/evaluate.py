@@ -15,7 +15,7 @@ import torch
 
 from .metrics import Accumulator
 
-__all__ = ["evaluate", "Loader", "image_folder", "append_csv", "RESULT_COLUMNS", "markdown_table"]
+__all__ = ["evaluate", "Loader", "image_folder", "append_csv", "write_csv", "RESULT_COLUMNS", "markdown_table"]
 
 RESULT_COLUMNS = ("time", "model", "preset", "config", "weight_bits", "act_bits", "top1", "top5", "agreement",
                   "mean_kl", "logit_sqnr_db", "n", "calib_images", "calib_s", "eval_s", "float_eval_s",
@@ -63,10 +63,13 @@ def image_folder(path, transform):
 
 
 @torch.no_grad()
-def evaluate(qmodel, float_model, loader, *, device="cpu", progress: bool = True, desc: str = "eval") -> dict:
+def evaluate(qmodel, float_model, loader, *, device="cpu", progress: bool = True, desc: str = "eval",
+             dist=None) -> dict:
     """Top-1/top-5 (where labels come), agreement, KL and logit SQNR against ``float_model``, and times.
 
-    ``float_model=None`` scores ``qmodel`` alone (labels only).
+    ``float_model=None`` scores ``qmodel`` alone (labels only). With ``dist`` (a
+    :class:`aciq.quant.distributed.Dist`), ``loader`` holds this rank's shard; the sums and counts of every
+    rank are added before the metrics are computed, and the times are the slowest rank's.
     """
     from tqdm import tqdm
 
@@ -90,6 +93,11 @@ def evaluate(qmodel, float_model, loader, *, device="cpu", progress: bool = True
         t_q += time.perf_counter() - t0
         acc.update(out.float().cpu(), labels=None if y is None else torch.as_tensor(y).cpu(),
                    reference=None if ref is None else ref.float().cpu())
+    if dist is not None and dist.active:
+        from .distributed import reduce_accumulator
+
+        acc = reduce_accumulator(acc, dist)
+        t_q, t_f = dist.all_reduce([t_q, t_f], "max")
     if acc.n == 0:
         raise ValueError("the evaluation data is empty")
     result = acc.compute()
@@ -107,6 +115,18 @@ def append_csv(path, row: dict) -> Path:
         if new:
             w.writeheader()
         w.writerow({k: _cell(row.get(k)) for k in RESULT_COLUMNS})
+    return path
+
+
+def write_csv(path, rows: list[dict], columns=RESULT_COLUMNS) -> Path:
+    """Write ``rows`` to a new CSV at ``path`` (header ``columns``; other keys are left out)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: _cell(row.get(k)) for k in columns})
     return path
 
 

@@ -182,6 +182,42 @@ class Accumulator:
             self._n_labelled += n
         self.n += n
 
+    _COUNTS = ("n", "_n_labelled", "_n_referenced", "_top1", "_top5", "_agree")
+    _FLOATS = ("_kl_sum", "_signal", "_noise")
+
+    def sums(self) -> dict:
+        """The raw sums and counts (names without the underscore), the state to add across processes.
+
+        Adding the ``sums()`` of accumulators fed disjoint batches and rebuilding with :meth:`from_sums` gives
+        the accumulator of all the batches (counts exactly; float sums up to rounding), which averages of
+        averages would not.
+
+        >>> a, b = Accumulator(), Accumulator()
+        >>> a.update(torch.tensor([[1.0, 0.0]]), labels=torch.tensor([0]))
+        >>> b.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), labels=torch.tensor([1, 1]))
+        >>> both = {k: a.sums()[k] + b.sums()[k] for k in a.sums()}
+        >>> Accumulator.from_sums(both).compute()["top1"]   # 2 of 3, not the mean of 100 % and 50 %
+        66.66666666666667
+        """
+        return {k.lstrip("_"): getattr(self, k) for k in self._COUNTS + self._FLOATS}
+
+    @classmethod
+    def from_sums(cls, sums: dict) -> "Accumulator":
+        """An accumulator holding ``sums`` (as :meth:`sums` returns them; counts may come back as floats)."""
+        acc = cls()
+        for k in cls._COUNTS + cls._FLOATS:
+            name = k.lstrip("_")
+            if name not in sums:
+                raise ValueError(f"sums lacks {name!r}")
+            v = float(sums[name])
+            if k in cls._COUNTS:
+                if not (v >= 0 and v == round(v)):
+                    raise ValueError(f"sums[{name!r}] must be a non-negative whole count, got {sums[name]!r}")
+                setattr(acc, k, int(round(v)))
+            else:
+                setattr(acc, k, v)
+        return acc
+
     def compute(self) -> dict:
         """``{"top1", "top5", "agreement"`` (percent), ``"mean_kl"`` (nats), ``"logit_sqnr_db"``, ``"n"}``."""
         labelled = self._n_labelled > 0

@@ -172,9 +172,11 @@ class QuantizedLayer(nn.Module):
     result is therefore the same for any batch size, summation order and thread count. Per-channel activation
     steps of a dense layer are rounded to integer multiples of a common unit, :math:`2^{-e}` times the largest
     step with :math:`e` as large as float64 exactness allows (20-30 bits for the layers here), which keeps the
-    sum integer; a depthwise layer needs no rounding. Elsewhere (float input,
-    the output site) the layer computes with the dequantized weight, accumulating in float64 before an output
-    quantizer.
+    sum integer; a depthwise layer needs no rounding. Elsewhere (the output site, a k-means codebook, a float
+    weight) the layer computes with the dequantized weight in float64, so its sums round once, to the float64
+    result, whatever their order (the same across batch sizes except with a probability of about
+    :math:`10^{-12}` per value); a layer with neither a quantized input nor output (weights only) computes in
+    the model's dtype.
 
     ``layer.weight`` holds the dequantized weight in every case (what reports and exporters read).
     """
@@ -189,7 +191,7 @@ class QuantizedLayer(nn.Module):
         self.quant = q
         self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
         self.channel_axis = -1 if isinstance(layer, nn.Linear) else 1
-        self.exact = q.act_in is not None and q.codes is not None
+        self.exact = q.act_in is not None and q.codes is not None and q.weight_grid is not None
         own_forward = type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward)
         self._plain = None if own_forward else ("linear" if isinstance(layer, nn.Linear) else "conv")
         if self.exact:
@@ -205,7 +207,8 @@ class QuantizedLayer(nn.Module):
                 self.register_buffer("offset_scale", torch.as_tensor(plan.offset_scale, dtype=plan.dtype))
         else:
             self.act_in = FakeQuant(q.act_in) if q.act_in is not None else None
-            self.float64 = copy.deepcopy(layer).double() if self.act_out is not None else None
+            quantized_io = self.act_in is not None or self.act_out is not None
+            self.float64 = copy.deepcopy(layer).double() if quantized_io else None
 
     def set_bias(self, bias: torch.Tensor) -> None:
         """Replace the bias (the empirical bias correction measures it after the layer is built)."""
@@ -245,11 +248,15 @@ class QuantizedLayer(nn.Module):
     def forward(self, x):
         if self.exact:
             return self.finish(self.integer_forward(x), x.dtype)
+        dtype = x.dtype
         if self.act_in is not None:
             x = self.act_in(x)
-        if self.act_out is None:
+        if self.float64 is None:
             return self.layer(x)
-        return self.act_out(self.float64(x.double())).to(x.dtype)
+        y = self.float64(x.double())
+        if self.act_out is not None:
+            y = self.act_out(y)
+        return y.to(dtype)
 
     def _split(self, acc: torch.Tensor):
         """The weight rows' accumulators and each row's group input sum (the seed-form offset rows)."""

@@ -32,6 +32,7 @@ class LayerSpec:
     bias_correction: str = "off"
     bias_form: str = "seed"
     rounding: str = "nearest"
+    quantizer: str = "uniform"
     gptq_damp: float = 0.01
     gptq_order: str = "descending"
 
@@ -112,7 +113,8 @@ def layer_spec(p, name: str, config: QuantConfig, stats: dict) -> LayerSpec:
     act_out = _act(p, name, "output", stats.get(f"{name}:output"), config) if config.act_site == "output" else None
     return LayerSpec(name=name, weight=_weight(p, name, config), act_in=act_in, act_out=act_out,
                      bias_correction=config.bias_correction, bias_form=config.bias_form,
-                     rounding=config.weight_rounding, gptq_damp=config.gptq_damp, gptq_order=config.gptq_order)
+                     rounding=config.weight_rounding, quantizer=config.weight_quantizer,
+                     gptq_damp=config.gptq_damp, gptq_order=config.gptq_order)
 
 
 def pool_spec(stats, config: QuantConfig) -> SiteSpec:

@@ -116,7 +116,8 @@ def code_lengths(qmodel: nn.Module, data=None) -> list[dict]:
         if isinstance(m, (QuantizedLayer, KernelLayer)):
             q = m.quant
             if q.codes is not None:
-                weights[name] = _row(name, "weight", _nominal(q.weight_grid.bits),
+                bits = q.weight_grid.bits if q.weight_grid is not None else q.info["weight"]["bits"]  # k-means
+                weights[name] = _row(name, "weight", _nominal(bits),
                                      np.bincount(np.asarray(q.codes).ravel(), minlength=_LEVELS))
             if isinstance(m, QuantizedLayer) and m.act_in is not None:
                 sites.append((name, "act_in", m.act_in.grid, m.act_in, False))

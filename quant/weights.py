@@ -83,15 +83,25 @@ def quantize_weights(layer: nn.Module, spec: LayerSpec, *, in_mean: np.ndarray |
         return LayerQuant(name, weight_grid=None, codes=None, weight=w, bias=layer.bias, scale_factor=None,
                           act_in=None, act_out=None, info=info)
     w2d = w.reshape(w.shape[0], -1).double()
-    stats = _weight_stats(w2d, spec.weight, name)
-    grid, info["weight"] = site_grid(stats, spec.weight, axis=0)
-    if spec.rounding == "gptq":
+    if spec.quantizer == "kmeans":             # a non-uniform codebook per channel: no grid
+        from .kmeans import kmeans_weight
+
+        grid = None
+        w_hat, q_t, info["weight"] = kmeans_weight(w2d, bits=spec.weight.bits, per_channel=spec.weight.per_channel)
+        q_t = torch.as_tensor(q_t)
+    else:
+        stats = _weight_stats(w2d, spec.weight, name)
+        grid, info["weight"] = site_grid(stats, spec.weight, axis=0)
+    if grid is None:
+        pass
+    elif spec.rounding == "gptq":
         q = _gptq_codes(w2d.cpu().numpy(), grid, hessian, spec, layer, name)
         q_t = torch.as_tensor(q, dtype=torch.uint8, device=w2d.device)
         info["rounding"] = "gptq"
     else:
         q_t = grid_codes(w2d, grid, dtype=torch.uint8)     # 0..255 (bits <= 8)
-    w_hat = dequantize(q_t, grid, dtype=w2d.dtype)
+    if grid is not None:
+        w_hat = dequantize(q_t, grid, dtype=w2d.dtype)
     q = q_t.cpu().numpy()
     scale_factor, row_offset = None, None
     if spec.bias_correction in ("mean", "mean+variance"):

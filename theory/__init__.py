@@ -11,8 +11,10 @@ derivation  sympy derivation of the model from the densities
 priors      densities, samples, closed-form partial moments
 grids       the quantizers that really run and their exact error and optimum
 limits      Lloyd-Max and the rate-distortion function
+kmeans      k-means codebooks of measured data per channel (exact 1-D programme), against Lloyd-Max
 empirical   seeded Monte Carlo and the error on any real array
 allocation  per-channel bin and bit allocation (eq. 10, 11)
+midtread    mid-tread grids with any integer number of bins per channel: exact error, alpha, eq. 10 integer bins
 stats       robust scale estimates, prior choice, generalized-Gaussian fit
 bias        bias correction (eq. 12, 13)
 capped      clipping a capped activation (ReLU6): truncated prior + atom at the cap, moment fit
@@ -32,6 +34,8 @@ from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
 from .kl import KLResult, abs_histogram, kl_threshold
 from .rounding import RoundingResult, gptq_round, layer_objective
+from .midtread import BinAllocation, allocate_bins, midtread_mse, optimal_alpha_bins
+from .kmeans import KMeansResult, LloydMaxComparison, kmeans_1d, kmeans_quantize, lloyd_max_comparison
 
 __all__ = [
     "GRIDS", "PRIORS", "ClippingResult",
@@ -46,4 +50,6 @@ __all__ = [
     "KLResult", "abs_histogram", "kl_threshold",
     "CappedClipping", "CappedFit", "capped_mse", "optimal_alpha_capped", "capped_moments", "fit_capped_scale",
     "RoundingResult", "gptq_round", "layer_objective",
+    "BinAllocation", "allocate_bins", "midtread_mse", "optimal_alpha_bins",
+    "KMeansResult", "LloydMaxComparison", "kmeans_1d", "kmeans_quantize", "lloyd_max_comparison",
 ]

@@ -311,27 +311,32 @@ def _model_alpha(prior, m, half_range):
     return float(optimal_alpha(prior=prior, bits=m, half_range=half_range, grid="model").alpha)
 
 
-def _unit_optimum(prior, m, grid, half_range):
-    """Global minimum of the unit-scale exact MSE: a log-spaced scan around the model's alpha, widened
-    while the best point is on its edge, then bounded Brent between the best point's neighbours."""
-    ref = _model_alpha(prior, m, half_range)
+def _scan_minimum(fun, ref):
+    """Global minimum of a unit-scale error ``fun(ts) -> values`` (vectorised over alphas ``ts``): a
+    log-spaced scan around ``ref``, widened while the best point is on its edge, then bounded Brent between
+    the best point's neighbours. Returns ``(alpha, error, converged)``."""
     ts = ref * _SCAN
-    vals = _unit_mse(ts, m, grid, half_range, prior)
+    vals = fun(ts)
     for _ in range(8):
         i = int(np.argmin(vals))
         if 0 < i < ts.size - 1:
             break
         new = ts[0] * _SCAN[:-1] / 32.0 if i == 0 else ts[-1] * _SCAN[1:] * 8.0
         ts = np.sort(np.concatenate([ts, new]))
-        vals = _unit_mse(ts, m, grid, half_range, prior)
+        vals = fun(ts)
     i = int(np.argmin(vals))
     edge = i in (0, ts.size - 1)
     lo, hi = ts[max(i - 1, 0)], ts[min(i + 1, ts.size - 1)]
-    res = minimize_scalar(lambda t: float(_unit_mse([t], m, grid, half_range, prior)[0]),
-                          bounds=(lo, hi), method="bounded", options={"xatol": _XATOL * ref, "maxiter": 200})
+    res = minimize_scalar(lambda t: float(fun(np.array([t]))[0]), bounds=(lo, hi), method="bounded",
+                          options={"xatol": _XATOL * ref, "maxiter": 200})
     if res.fun <= vals[i]:
         return float(res.x), float(res.fun), bool(res.success) and not edge
     return float(ts[i]), float(vals[i]), False
+
+
+def _unit_optimum(prior, m, grid, half_range):
+    """Global minimum of the unit-scale exact MSE of a grid (:func:`_scan_minimum` from the model's alpha)."""
+    return _scan_minimum(lambda ts: _unit_mse(ts, m, grid, half_range, prior), _model_alpha(prior, m, half_range))
 
 
 def optimal_alpha_exact(*, prior, bits, grid, scale=1.0, half_range=False) -> ClippingResult:

@@ -60,6 +60,11 @@ EXPECTED = {
                                 weight_bit_alloc=None, bias_correction="off")
        for mode, clip in [("minmax", "minmax"), ("aciq", "laplace"), ("mix", "mix"), ("kl", "kl"),
                           ("mse", "mse"), ("exact", "exact")]},
+    # the seed's kmeans_quantization.py (per output channel here), with and without its mean correction
+    "w4a8-kmeans": dict(PLAIN, weight_bits=4, act_bits=8, weight_granularity=PC_W, weight_quantizer="kmeans",
+                        weight_clipping="minmax", weight_bit_alloc=None, bias_correction="off"),
+    "w4a8-kmeans-bias": dict(PLAIN, weight_bits=4, act_bits=8, weight_granularity=PC_W, weight_quantizer="kmeans",
+                             weight_clipping="minmax", weight_bit_alloc=None, bias_correction="mean"),
 }
 
 

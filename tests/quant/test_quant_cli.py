@@ -122,3 +122,29 @@ def test_build_config_applies_only_the_given_options():
     assert build_config("float", over) is None
     with pytest.raises(ValueError, match="float"):
         build_config("float", {**over, "act_bits": 4})
+
+
+def test_option_choices_come_from_the_config_module():
+    """Issue 9: every list of choices lives once in aciq.quant.config (and zoo, embedded); the CLI reads them."""
+    from aciq.quant import config as c
+    from aciq.quant.embedded import EXPERIMENTS
+    from aciq.quant.zoo import MODELS
+    from aciq.theory.cli import build_parser
+
+    subs = build_parser()._subparsers._group_actions[0].choices
+    for command in ("evaluate", "sensitivity"):
+        opts = {a.dest: a for a in subs[command]._actions}
+        assert tuple(opts["act_clipping"].choices) == tuple(opts["weight_clipping"].choices) == c.CLIPPING_MODES
+        assert tuple(opts["bias_correction"].choices) == c.BIAS_CORRECTION
+        assert tuple(opts["bias_form"].choices) == c.BIAS_FORMS
+        assert tuple(opts["exact_prior"].choices) == c.EXACT_PRIORS
+        assert tuple(opts["alloc_budget"].choices) == c.ALLOC_BUDGETS
+        assert tuple(opts["act_site"].choices) == c.ACT_SITES
+        assert tuple(opts["weight_quantizer"].choices) == c.WEIGHT_QUANTIZERS
+        assert tuple(opts["act_bit_alloc"].choices) == tuple("none" if r is None else r for r in c.ALLOCATION_RULES)
+        assert opts["model"].help == ", ".join(MODELS)
+        assert all(name in opts["preset"].help for name in c.PRESETS)
+    only = {a.dest: a for a in subs["results"]._actions}["only"]
+    assert tuple(only.choices) == tuple(EXPERIMENTS)
+    assert build_config("w4a4-naive", {"half_range": "on"}).half_range is True
+    assert build_config("w4a4-all", {"act_bit_alloc": "none"}).act_bit_alloc is None
