@@ -23,7 +23,7 @@ from .clamp import ChannelClamp
 from .config import QuantConfig
 from .equalize import equalize, input_ranges
 from .fold import fold_and_trace, set_module
-from .hessian import hessian
+from .hessian import hessian, patch_rows
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
 from .observe import Observer, Statistics
 from .pairs import find_pairs
@@ -196,6 +196,7 @@ def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str
         observers[s] = Observer(s, hist_bins=None, cap=p.caps.get(layer) if where == "input" else None)
     hess = {n: None for n in p.layers} if (config.weight_rounding == "gptq" and config.calibration == "float") \
         else {}
+    rows = {}
     handles = []
     for site, obs in observers.items():
         name, _, where = site.rpartition(":")
@@ -206,6 +207,7 @@ def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str
                 if o.phase == 1 and n in hess:
                     h = hessian(m, args[0])
                     hess[n] = h if hess[n] is None else hess[n] + h
+                    rows[n] = rows.get(n, 0) + patch_rows(m, args[0])
             handles.append(module.register_forward_pre_hook(pre))
         else:
             handles.append(module.register_forward_hook(lambda m, args, out, o=obs: o.record(out)))
@@ -233,7 +235,8 @@ def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str
     finally:
         for h in handles:
             h.remove()
-    return {s: o.stats for s, o in observers.items()}, plan, {n: h for n, h in hess.items() if h is not None}
+    return ({s: o.stats for s, o in observers.items()}, plan, {n: h for n, h in hess.items() if h is not None},
+            rows)
 
 
 def collect_statistics(model: nn.Module, config: QuantConfig, calibration_data, *,
@@ -242,9 +245,9 @@ def collect_statistics(model: nn.Module, config: QuantConfig, calibration_data, 
     _check_config(config)
     batches = as_batches(calibration_data)
     p = prepared if prepared is not None else prepare(model, batches[0], config, calibration_data=batches)
-    stats, _, hess = _run_passes(p, config, batches, observed_sites(p, config))
+    stats, _, hess, rows = _run_passes(p, config, batches, observed_sites(p, config))
     return Statistics(sites=stats, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
-                      hessians=hess)
+                      hessians=hess, hessian_rows=rows)
 
 
 # --------------------------------------------------------------------------- convert
@@ -301,7 +304,7 @@ def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend
     report = {}
     for name, spec in plan.layers.items():
         q = quantize_weights(p.model.get_submodule(name), spec, in_mean=stats[f"{name}:input"].mean,
-                             hessian=statistics.hessians.get(name))
+                             hessian=statistics.hessians.get(name), samples=statistics.hessian_rows.get(name))
         gi, go = grids.get(f"{name}:input"), grids.get(f"{name}:output")
         q.act_in = gi[0] if gi else None
         q.act_out = go[0] if go else None

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["conv_arguments", "patches", "hessian"]
+__all__ = ["conv_arguments", "patches", "hessian", "patch_rows"]
 
 
 class _Caught(Exception):
@@ -87,6 +87,12 @@ def patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     n, ck, length = cols.shape
     g = a["groups"]
     return cols.reshape(n, g, ck // g, length).permute(1, 0, 3, 2).reshape(g, n * length, ck // g)
+
+
+def patch_rows(layer: nn.Module, x: torch.Tensor) -> int:
+    """How many rows of :math:`X` the batch ``x`` gives (output positions times images)."""
+    return int(patches(layer, x[:1]).shape[1]) * int(x.shape[0]) if isinstance(layer, nn.Conv2d) else \
+        int(x.numel() // layer.in_features)
 
 
 @torch.no_grad()

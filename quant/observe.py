@@ -268,6 +268,7 @@ class Statistics:
     extra: dict = field(default_factory=dict)
     source: str | None = None        # the file these statistics were loaded from (for error messages)
     hessians: dict = field(default_factory=dict)   # layer name -> (groups, k, k) sum of input patches x x^T
+    hessian_rows: dict = field(default_factory=dict)   # layer name -> how many patches those sums hold
 
     def check_model(self, layers: dict, *, source: str | None = None) -> None:
         """Raise if these statistics were collected on a model with other layers or shapes."""
@@ -299,6 +300,7 @@ class Statistics:
             hessians[name] = f"h{i}"
         meta = {"format": "aciq-statistics", "version": FORMAT_VERSION, "images": self.images,
                 "layers": {k: list(v) for k, v in self.layers.items()}, "sites": sites, "hessians": hessians,
+                "hessian_rows": self.hessian_rows,
                 "extra": self.extra}
         json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
         json_path.write_text(json.dumps(meta, indent=1))
@@ -340,7 +342,8 @@ class Statistics:
                 if key not in arrays:
                     raise ValueError(f"{npz_path} lacks the Hessian {key!r} of layer {name}")
                 hessians[name] = arrays[key]
-        except (KeyError, TypeError, AttributeError) as exc:
+            rows = {k: int(v) for k, v in meta.get("hessian_rows", {}).items()}
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"statistics file {json_path} is malformed: {type(exc).__name__}: {exc}") from None
         return cls(sites=sites, layers=layers, images=images, extra=meta.get("extra", {}), source=str(json_path),
-                   hessians=hessians)
+                   hessians=hessians, hessian_rows=rows)

@@ -26,7 +26,7 @@ from torch import nn
 from .calibrate import candidate_errors, needs_spread, site_grid
 from .config import QuantConfig
 from .fold import set_module
-from .hessian import hessian, patches
+from .hessian import hessian, patch_rows, patches
 from .modules import ActCodes, KernelLayer, QuantizedLayer, QuantizedOutput
 from .observe import Observer
 from .plan import layer_spec, pool_spec
@@ -121,10 +121,11 @@ def calibrate(p, config: QuantConfig, batches: list, *, backend: str = "fake") -
                               lambda s: layer_spec(p, name, config, {site: s}).act_in)
         spec = layer_spec(p, name, config, {site: stats})
         grid = site_grid(stats, act, axis=stats.axis) if act is not None else None
-        h = None
+        h = rows = None
         if spec.rounding == "gptq":
             h = _quantized_hessian(layer, grid[0], x) if grid else hessian(layer, x)
-        q = quantize_weights(layer, spec, in_mean=stats.mean, hessian=h)
+            rows = patch_rows(layer, x)
+        q = quantize_weights(layer, spec, in_mean=stats.mean, hessian=h, samples=rows)
         q.act_in = grid[0] if grid else None
         q.info["act_in"] = grid[1] if grid else None
         module = QuantizedLayer(layer, q).to(device)

@@ -69,11 +69,14 @@ def _gptq_codes(w2d: np.ndarray, grid: GridParams, hessian: np.ndarray, spec: La
 
 
 def quantize_weights(layer: nn.Module, spec: LayerSpec, *, in_mean: np.ndarray | None = None,
-                     hessian: np.ndarray | None = None) -> LayerQuant:
+                     hessian: np.ndarray | None = None, samples: int | None = None) -> LayerQuant:
     """The weight grid, codes, dequantized weight and bias of ``layer`` (activation grids are set later).
 
     ``in_mean``: the calibration mean of the layer's input per channel (the on-grid correction moves its
-    offset into the bias); ``hessian``: :math:`X^T X` per group, for ``rounding="gptq"``.
+    offset into the bias); ``hessian``: :math:`X^T X` per group, for ``rounding="gptq"``, from ``samples``
+    rows of :math:`X`. With fewer samples than inputs per output (a classifier seeing one row per image) the
+    compensation is underdetermined: it would fit the calibration images, so the layer keeps nearest rounding
+    (the report says so).
     """
     name = spec.name
     w = layer.weight.detach()
@@ -92,9 +95,13 @@ def quantize_weights(layer: nn.Module, spec: LayerSpec, *, in_mean: np.ndarray |
     else:
         stats = _weight_stats(w2d, spec.weight, name)
         grid, info["weight"] = site_grid(stats, spec.weight, axis=0)
+    k = w2d.shape[1] // weight_groups(layer)
+    underdetermined = spec.rounding == "gptq" and samples is not None and samples < k
+    if underdetermined:
+        info["rounding"] = f"nearest (the Hessian has {samples} samples for {k} inputs: underdetermined)"
     if grid is None:
         pass
-    elif spec.rounding == "gptq":
+    elif spec.rounding == "gptq" and not underdetermined:
         q = _gptq_codes(w2d.cpu().numpy(), grid, hessian, spec, layer, name)
         q_t = torch.as_tensor(q, dtype=torch.uint8, device=w2d.device)
         info["rounding"] = "gptq"

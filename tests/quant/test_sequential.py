@@ -297,3 +297,14 @@ def test_float_model_is_untouched(net, images):
     quantize(net, SEQ.replace(weight_rounding="gptq", equalize="activations"), images[:8])
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("calibration", ["float", "sequential"])
+def test_gptq_keeps_nearest_rounding_where_the_hessian_is_underdetermined(net, images, calibration):
+    """The classifier sees one row per image: 4 images for 12 inputs cannot determine the compensation."""
+    cfg = GPTQ.replace(calibration=calibration)
+    q = quantize(net, cfg, images[:4])
+    near = quantize(net, cfg.replace(weight_rounding="nearest"), images[:4])
+    assert q.aciq_report["fc"]["rounding"].startswith("nearest (the Hessian has 4 samples for 12 inputs")
+    np.testing.assert_array_equal(q.fc.quant.codes, near.fc.quant.codes)
+    assert q.aciq_report["dw"]["rounding"] == "gptq"
