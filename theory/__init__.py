@@ -17,26 +17,26 @@ stats       robust scale estimates, prior choice, generalized-Gaussian fit
 bias        bias correction (eq. 12, 13)
 tables, figures, cli
 """
-from ._common import GRIDS, PRIORS, ClippingResult
+from ._common import CODED_GRIDS, GRIDS, PRIORS, QUANTIZER_GRIDS, ClippingResult
 from .allocation import Allocation, allocate
 from .bias import channel_bias, correct_bias, correction_terms
 from .clipping import clipping_error, model_mse, optimal_alpha, quantization_noise
 from .empirical import EmpiricalResult, empirical_mse, monte_carlo_mse
 from .grids import analytic_gap, exact_mse, grid_cells, optimal_alpha_exact, quantize
-from .limits import lloyd_max, rate_distortion, to_db
+from .limits import blahut_arimoto, lloyd_max, rate_distortion, shannon_lower_bound, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
-from .kl import KLResult, abs_histogram, kl_threshold
+from .kl import KL_CONVENTIONS, KLResult, abs_histogram, kl_threshold
 
 __all__ = [
-    "GRIDS", "PRIORS", "ClippingResult",
+    "GRIDS", "QUANTIZER_GRIDS", "CODED_GRIDS", "PRIORS", "ClippingResult",
     "clipping_error", "quantization_noise", "model_mse", "optimal_alpha",
     "exact_mse", "optimal_alpha_exact", "analytic_gap", "grid_cells", "quantize",
-    "lloyd_max", "rate_distortion", "to_db",
+    "lloyd_max", "rate_distortion", "shannon_lower_bound", "blahut_arimoto", "to_db",
     "EmpiricalResult", "empirical_mse", "monte_carlo_mse",
     "Allocation", "allocate",
     "estimate_scale", "channel_stats", "choose_prior", "fit_generalized_gaussian",
     "channel_bias", "correct_bias", "correction_terms",
     "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
-    "KLResult", "abs_histogram", "kl_threshold",
+    "KL_CONVENTIONS", "KLResult", "abs_histogram", "kl_threshold",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._common import PRIORS
+from ._common import CODED_GRIDS, PRIORS
 
 _GRID_STYLE = {"model": ("k", "-"), "midrise": ("C0", "-"), "gemmlowp": ("C1", "--"),
                "symmetric": ("C2", "-."), "midtread": ("C3", ":")}
@@ -89,17 +89,19 @@ def bit_alloc_mse(*, total_bins: int = 32, n: int = 10_000, seed: int = 0, share
 def alpha_vs_bits(*, bits=range(1, 9)) -> Figure:
     """Optimal alpha vs bits: the paper's model vs the exact optimum of each grid that runs."""
     from .clipping import optimal_alpha
+    from .grids import optimal_alpha_exact
 
     bits = np.asarray(list(bits))
     fig = Figure(figsize=(9.6, 4.0), layout="constrained")
     for ax, prior in zip(fig.subplots(1, 2), PRIORS):
-        for grid, (colour, style) in _GRID_STYLE.items():
-            if grid == "midtread":
-                continue
+        for grid in ("model", *CODED_GRIDS):
+            colour, style = _GRID_STYLE[grid]
             for half_range, marker in ((False, "o"), (True, "s")):
                 ms = [m for m in bits if not (grid == "symmetric" and m < 2 and not half_range)]
-                alphas = [float(optimal_alpha(prior=prior, bits=m, grid=grid, half_range=half_range).alpha)
-                          for m in ms]
+                if grid == "model":
+                    alphas = optimal_alpha(prior=prior, bits=ms, half_range=half_range).alpha
+                else:
+                    alphas = optimal_alpha_exact(prior=prior, bits=ms, grid=grid, half_range=half_range).alpha
                 ax.plot(ms, alphas, color=colour, ls=style, marker=marker, ms=3,
                         label=f"{grid}{', half-range' if half_range else ''}")
         ax.set(xlabel="bits M", ylabel=rf"$\alpha^* / {_SCALE_NAME[prior]}$", title=prior)
@@ -109,7 +111,7 @@ def alpha_vs_bits(*, bits=range(1, 9)) -> Figure:
 
 def mse_vs_bits(*, bits=range(1, 9)) -> Figure:
     """SQNR vs bits: ACIQ (model alpha on the exact mid-rise grid), the exact optimal uniform
-    quantizer, Lloyd-Max and the rate-distortion function (Laplace: Shannon lower bound)."""
+    quantizer, Lloyd-Max and the Shannon lower bound (the rate-distortion function for Gauss)."""
     from .tables import limits_table
 
     fig = Figure(figsize=(9.6, 4.0), layout="constrained")
@@ -119,8 +121,9 @@ def mse_vs_bits(*, bits=range(1, 9)) -> Figure:
         for key, label, style in (("aciq_sqnr_db", "ACIQ alpha, exact mid-rise", "C3o-"),
                                   ("uniform_sqnr_db", "optimal uniform (mid-rise)", "C0s-"),
                                   ("lloyd_max_sqnr_db", "Lloyd-Max", "C2^-"),
-                                  ("rate_distortion_sqnr_db",
-                                   "D(R)" if prior == "gauss" else "D(R), Shannon lower bound", "k--")):
+                                  ("shannon_lower_bound_sqnr_db",
+                                   "D(R) = Shannon lower bound" if prior == "gauss"
+                                   else "Shannon lower bound (< D(R))", "k--")):
             ax.plot(ms, [r[key] for r in rows], style, ms=3, label=label)
         ax.set(xlabel="bits M (rate R)", ylabel="SQNR (dB)", title=prior)
         ax.legend(fontsize=8)
@@ -129,13 +132,13 @@ def mse_vs_bits(*, bits=range(1, 9)) -> Figure:
 
 def analytic_gap(*, bits=range(1, 9)) -> Figure:
     """Excess MSE of the analytic alpha on each real grid over that grid's own optimum (percent)."""
-    from .tables import EXACT_GRIDS, gap_table
+    from .tables import gap_table
 
     fig = Figure(figsize=(9.6, 4.0), layout="constrained")
     for ax, prior in zip(fig.subplots(1, 2), PRIORS):
         for half_range, marker in ((False, "o"), (True, "s")):
             rows = gap_table(prior=prior, bits=list(bits), half_range=half_range)
-            for grid in EXACT_GRIDS:
+            for grid in CODED_GRIDS:
                 sel = [r for r in rows if r["grid"] == grid]
                 colour, style = _GRID_STYLE[grid]
                 ax.plot([r["bits"] for r in sel], [100 * r["mse_gap_rel"] for r in sel], color=colour, ls=style,
