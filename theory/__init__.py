@@ -16,6 +16,7 @@ allocation  per-channel bin and bit allocation (eq. 10, 11)
 stats       robust scale estimates, prior choice, generalized-Gaussian fit
 bias        bias correction (eq. 12, 13)
 tables, figures, cli
+explore     the numbers and state behind notebooks/00-explore.ipynb's widgets
 """
 from ._common import CODED_GRIDS, GRIDS, PRIORS, QUANTIZER_GRIDS, ClippingResult
 from .allocation import Allocation, allocate

@@ -211,7 +211,7 @@ def rate_distortion(rate, *, prior, scale=1.0):
     lower bound (:func:`shannon_lower_bound`; ``RATE_DISTORTION_KIND["laplace"]``): below the true
     :math:`D(R)` at every rate, the gap closing as the rate grows. It is already tight: by
     :func:`blahut_arimoto` (``tol=1e-5``, extrapolated in :math:`\\Delta x^2` from 301, 601 and 1201
-    points) :math:`D(R)` exceeds it by 0.37 % at 1 bit, 0.022 % at 2 bits and less than 0.002 % from
+    points) :math:`D(R)` exceeds it by 0.37 % at 1 bit, 0.023 % at 2 bits and less than 0.002 % from
     3 bits on. Every quantizer's MSE is above it.
 
     Parameters
@@ -322,7 +322,8 @@ def blahut_arimoto(rate, *, prior, scale=1.0, n_points=601, width=None, rate_tol
     ``bound <= tol * D`` or ``max_inner`` steps, and ``converged`` is True only if the last one met
     it. (A small change between steps is no such guarantee: for Laplace the optimal output law
     tends to atoms and the mass off them drains slowly, so rate and distortion creep on long after
-    they change by 1e-7 per 10 steps; the old rule stopped 0.01 % above the curve at 2 bits.)
+    they change by 1e-7 per 10 steps: that rule, with 1201 points at 2 bits, stopped at 0.033 % above the
+    Shannon bound where the converged iteration reaches 0.026 %.)
     Slow for Laplace at low rates: about 1 s at 3 bits and 300 points with the defaults, a minute
     at 1 bit with ``tol=1e-5``.
 
