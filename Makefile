@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels_cpu.py --quick
 	$(BIN)/python benchmarks/bench_calibration.py
 	$(BIN)/python benchmarks/bench_fakequant.py
+	$(BIN)/python benchmarks/bench_explore.py
 
 ## figures/explore.png: notebooks/00-explore.ipynb in JupyterLab, in headless Chromium (Debian's chromium
 ## package) driven by Playwright, a control moved. Not part of `make test`.

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from aciq.theory.explore import Explorer
+from aciq.theory.figures import site_histogram
 from aciq.theory.priors import sample
 
 STEPS = [  # (what moved, controls)
@@ -47,6 +48,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="fresh explorers (cold caches) to time")
     args = parser.parse_args(argv)
     tensor = np.maximum(sample("laplace", 20_000, seed=1), 0.0)  # a 20 000-value post-ReLU tensor, as the notebook's
+    # a layer's panel as the notebook draws it: a 2048-bin histogram, two fits, seven windows
+    hist, edges = np.histogram(tensor[tensor > 0], bins=2048)
+    windows = {name: (0.0, hi) for name, hi in zip(("minmax", "laplace", "gauss", "kstd", "exact", "kl", "mse"),
+                                                   (9.0, 6.2, 4.1, 2.0, 6.0, 7.5, 5.8))}
     rows = []
     for _ in range(args.repeat):
         ex = Explorer(tensors={"tensor": tensor})
@@ -55,6 +60,9 @@ def main(argv=None) -> int:
         for avg in (2.0, 3.25, 4.0):
             rows.append(("allocation: avg bits", *_timed(lambda: ex.png(ex.allocation_figure(
                 avg_bits=avg, budget="bins", alpha_0=0.5, alpha_1=1.0, alpha_2=2.0, alpha_3=8.0)))))
+        for _ in range(3):
+            rows.append(("layer: site", *_timed(lambda: ex.png(site_histogram(
+                hist, edges, half_range=True, scales={"laplace": 1.0, "gauss": 1.4}, windows=windows)))))
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {args.repeat} cold runs")
     print(f"{'control moved':24} {'n':>3} {'wall mean':>10} {'wall max':>9} {'cpu mean':>9} {'cpu max':>8}")
     for what in dict.fromkeys(r[0] for r in rows):
