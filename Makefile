@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aciq-installed
 
-.PHONY: venv data reproduce figures results test test-fast bench clean
+.PHONY: venv data reproduce figures results test test-fast bench screenshot clean
 
 # Fashion-MNIST (the embedded labelled benchmark) comes from Debian's dataset-fashion-mnist package;
 # ACIQ_FASHION_MNIST=<folder with the four IDX .gz files> skips the install.
@@ -51,6 +51,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernels_cpu.py --quick
 	$(BIN)/python benchmarks/bench_calibration.py
 	$(BIN)/python benchmarks/bench_fakequant.py
+	$(BIN)/python benchmarks/bench_explore.py
+
+## figures/explore.png: notebooks/00-explore.ipynb in JupyterLab, in headless Chromium (Debian's chromium
+## package) driven by Playwright, a control moved. Not part of `make test`.
+screenshot: $(STAMP)
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y -q chromium || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	@$(BIN)/python -c "import playwright, ipywidgets" 2>/dev/null || $(BIN)/pip install -e '.[screenshot]'
+	$(BIN)/python scripts/screenshot.py --out figures/explore.png --chromium "$$(command -v chromium)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -154,8 +154,7 @@ def site_window(stats: SiteStats, mode: str, bits: np.ndarray, spec: SiteSpec):
         hist = stats.hist_pos if spec.half else stats.hist_abs
         if hist is None:
             raise ValueError("kl clipping needs the histograms of pass 2")
-        top = float(np.maximum(stats.max.max(), 0.0)) if spec.half else \
-            float(max(np.abs(stats.min).max(), np.abs(stats.max).max()))
+        top = stats.hist_top(spec.half)
         if top <= 0:
             return _minmax(stats, spec)
         from aciq.theory.kl import kl_threshold

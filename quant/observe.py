@@ -74,6 +74,13 @@ class SiteStats:
         """Half-normal scale of the positive part, sqrt(E[x^2 | x > 0])."""
         return np.sqrt(self.sumsq_pos / np.maximum(self.n_pos, 1))
 
+    def hist_top(self, half: bool) -> float:
+        """Right end of the histograms of pass 2: ``max x`` for ``hist_pos`` (``half``), ``max |x|`` for
+        ``hist_abs`` (0 if there is nothing above 0)."""
+        if half:
+            return float(max(self.max.max(), 0.0))
+        return float(max(np.abs(self.min).max(), np.abs(self.max).max()))
+
     # ---- per tensor
     def tensor(self) -> "SiteStats":
         """The same statistics for the whole tensor (one channel)."""
@@ -215,8 +222,7 @@ class Observer(torch.nn.Module):
         mean_t = float(s.sum.sum() / max(s.n.sum(), 1))
         hist = self.hist_bins is not None
         if hist:
-            top = float(max(np.abs(s.min).max(), np.abs(s.max).max()))
-            pmax = float(max(s.max.max(), 0.0))
+            top, pmax = s.hist_top(False), s.hist_top(True)
             hist_abs = torch.zeros(self.hist_bins, dtype=torch.float64, device=rows.device)
             hist_pos = torch.zeros(self.hist_bins, dtype=torch.float64, device=rows.device)
         absdev, absdev_t, start = [], 0.0, 0

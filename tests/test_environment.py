@@ -41,6 +41,15 @@ def test_every_runtime_dependency_is_mirrored_with_the_same_pin():
             assert conda.get(conda_name) == version, f"{name} (conda: {conda_name}) not pinned to {version} in environment.yml"
             assert not extras, f"{name}{extras}: conda has no extras, list it under pip:"
     assert env["dependencies"][-1]["pip"][-1] == "-e .", "environment.yml must end with pip: [-e .]"
+    # the pinned packages of the extras (the other entries name the extras or are left to the resolver)
+    for extra, requirements in project["optional-dependencies"].items():
+        for requirement in requirements:
+            if "==" not in requirement:
+                continue
+            name, extras, version = _split(requirement)
+            pinned = pip.get(name) or (("", conda[CONDA_NAMES.get(name, name)]) if name in conda else None)
+            assert pinned == (extras, version), f"{name} (extra {extra}): pyproject {extras}=={version}, " \
+                                                f"environment.yml {pinned}"
 
 
 @pytest.mark.parametrize("module, forbidden", [

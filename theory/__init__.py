@@ -21,33 +21,34 @@ capped      clipping a capped activation (ReLU6): truncated prior + atom at the 
             (its sympy derivation in :mod:`.capped_derivation`)
 rounding    second-order weight rounding (GPTQ / OBQ) on the per-row gemmlowp grid
 tables, figures, cli
+explore     the numbers and state behind notebooks/00-explore.ipynb's widgets
 """
-from ._common import GRIDS, PRIORS, ClippingResult
+from ._common import CODED_GRIDS, GRIDS, PRIORS, QUANTIZER_GRIDS, ClippingResult
 from .allocation import Allocation, allocate
 from .bias import channel_bias, correct_bias, correction_terms
 from .capped import CappedClipping, CappedFit, capped_moments, capped_mse, fit_capped_scale, optimal_alpha_capped
 from .clipping import clipping_error, model_mse, optimal_alpha, quantization_noise
 from .empirical import EmpiricalResult, empirical_mse, monte_carlo_mse
 from .grids import analytic_gap, exact_mse, grid_cells, optimal_alpha_exact, quantize
-from .limits import lloyd_max, rate_distortion, to_db
+from .limits import blahut_arimoto, lloyd_max, rate_distortion, shannon_lower_bound, to_db
 from .stats import channel_stats, choose_prior, estimate_scale, fit_generalized_gaussian
 from .coding import CodeLength, code_entropy, code_length, huffman_average_length, huffman_code_lengths
-from .kl import KLResult, abs_histogram, kl_threshold
+from .kl import KL_CONVENTIONS, KLResult, abs_histogram, kl_threshold
 from .rounding import RoundingResult, gptq_round, layer_objective
 from .midtread import BinAllocation, allocate_bins, midtread_mse, optimal_alpha_bins
 from .kmeans import KMeansResult, LloydMaxComparison, kmeans_1d, kmeans_quantize, lloyd_max_comparison
 
 __all__ = [
-    "GRIDS", "PRIORS", "ClippingResult",
+    "GRIDS", "QUANTIZER_GRIDS", "CODED_GRIDS", "PRIORS", "ClippingResult",
     "clipping_error", "quantization_noise", "model_mse", "optimal_alpha",
     "exact_mse", "optimal_alpha_exact", "analytic_gap", "grid_cells", "quantize",
-    "lloyd_max", "rate_distortion", "to_db",
+    "lloyd_max", "rate_distortion", "shannon_lower_bound", "blahut_arimoto", "to_db",
     "EmpiricalResult", "empirical_mse", "monte_carlo_mse",
     "Allocation", "allocate",
     "estimate_scale", "channel_stats", "choose_prior", "fit_generalized_gaussian",
     "channel_bias", "correct_bias", "correction_terms",
     "CodeLength", "code_entropy", "code_length", "huffman_average_length", "huffman_code_lengths",
-    "KLResult", "abs_histogram", "kl_threshold",
+    "KL_CONVENTIONS", "KLResult", "abs_histogram", "kl_threshold",
     "CappedClipping", "CappedFit", "capped_mse", "optimal_alpha_capped", "capped_moments", "fit_capped_scale",
     "RoundingResult", "gptq_round", "layer_objective",
     "BinAllocation", "allocate_bins", "midtread_mse", "optimal_alpha_bins",

@@ -14,10 +14,17 @@ import numpy as np
 PRIORS = ("laplace", "gauss")
 """Priors the closed forms know: Laplace(0, b) and Gaussian(0, sigma)."""
 
-GRIDS = ("model", "midrise", "gemmlowp", "symmetric", "midtread")
-"""``model`` is the paper's approximate objective (clipping + alpha^2/(3*4^M));
-the others are quantizers that really run, whose error is computed exactly (``midtread`` is the
-seed's simulation quantizer round(x/Q)*Q, Q = 2 alpha/2^M, with 2^M + 1 levels)."""
+QUANTIZER_GRIDS = ("midrise", "gemmlowp", "symmetric", "midtread")
+"""Quantizers that really run, whose error :mod:`aciq.theory.grids` computes exactly (``midtread`` is
+the seed's simulation quantizer round(x/Q)*Q, Q = 2 alpha/2^M, with 2^M + 1 levels)."""
+
+CODED_GRIDS = ("midrise", "gemmlowp", "symmetric")
+"""The quantizers whose levels fit M-bit codes (``midtread`` needs one level more): the tables' and
+figures' grids."""
+
+GRIDS = ("model", *QUANTIZER_GRIDS)
+"""``model`` is the paper's approximate objective (clipping + alpha^2/(3*4^M),
+:mod:`aciq.theory.clipping`); the others are :data:`QUANTIZER_GRIDS`."""
 
 
 def check_prior(prior, name: str = "prior") -> str:

@@ -45,6 +45,11 @@ def _check_alphas(alphas) -> np.ndarray:
     return np.atleast_1d(arr)
 
 
+def _log2_ratio(a: np.ndarray) -> np.ndarray:
+    """log2(alpha_i / max alpha) of the positive ranges, without the underflow of the ratio itself."""
+    return np.log2(a) - np.log2(a.max())
+
+
 def _check_max_bits(max_bits) -> int:
     return int(check_bits(max_bits, "max_bits", low=1, high=32, integer=True))
 
@@ -101,8 +106,13 @@ def allocation_mse(alphas, *, bins):
     if np.any(b[active] == 0):
         raise ValueError("bins must be > 0 for every channel with alpha > 0")
     out = np.zeros_like(a)
-    out[active] = (a[active] / b[active]) ** 2 / 3.0
-    return float(out.sum())
+    with np.errstate(over="ignore"):
+        out[active] = (a[active] / b[active]) ** 2 / 3.0
+        total = float(out.sum())
+    if not np.isfinite(total):
+        raise ValueError(f"alphas: the model error sum alpha_i^2/(3 B_i^2) overflows float64 (largest alpha "
+                         f"{a.max():g}); rescale the ranges (the allocation does not depend on their unit)")
+    return total
 
 
 def _bits_mse(a: np.ndarray, bits: np.ndarray) -> float:
@@ -152,11 +162,13 @@ def allocate_bins_continuous(alphas, *, total_bins, max_bins=None) -> np.ndarray
     a = _check_alphas(alphas)
     total = float(check_positive(total_bins, "total_bins"))
     cap = math.inf if max_bins is None else float(check_positive(max_bins, "max_bins"))
-    weights = np.cbrt(a / a.max()) ** 2 if a.max() > 0 else np.zeros_like(a)  # alpha^(2/3), scaled
     out = np.zeros_like(a)
-    active = np.flatnonzero(weights > 0)
+    active = np.flatnonzero(a > 0)
     if active.size == 0:
         return out
+    weights = np.zeros_like(a)
+    weights[active] = np.exp2(_log2_ratio(a[active]) * (2.0 / 3.0))  # alpha^(2/3), scaled to max 1
+    _check_representable(a, weights, total)
     if total >= active.size * cap:
         out[active] = cap
         return out
@@ -174,6 +186,17 @@ def allocate_bins_continuous(alphas, *, total_bins, max_bins=None) -> np.ndarray
             out[order[k:]] = lam * w_sorted[k:]
             return out
     raise AssertionError("unreachable: total < n * cap guarantees a feasible split")  # pragma: no cover
+
+
+def _check_representable(a, weights, total):
+    """Eq. 10 gives every channel with alpha > 0 a normal float64 number of bins, or ValueError."""
+    active = a > 0
+    smallest = weights[active].min() / weights[active].sum() * total
+    if not smallest >= np.finfo(float).tiny:
+        i = int(np.flatnonzero(active)[np.argmin(weights[active])])
+        raise ValueError(f"alphas: the ranges span too wide a ratio (alpha[{i}] = {a[i]:g} vs max {a.max():g}): "
+                         f"eq. 10 gives channel {i} fewer bins than float64 can represent; set its alpha to 0 "
+                         f"(no bins) or narrow the spread")
 
 
 # --------------------------------------------------------------------------- bits budget, continuous
@@ -236,7 +259,7 @@ def allocate_bits_continuous(alphas, *, avg_bits, max_bits=None) -> np.ndarray:
     if total >= n * cap:
         out[active] = cap
         return out
-    u = np.log2(a[active] / a[active].max())  # log2 alpha_i, shifted (the level t shifts with it)
+    u = _log2_ratio(a[active])  # log2 alpha_i, shifted (the level t shifts with it)
 
     def spent(t):
         return float(np.clip(u - t, 0.0, cap).sum())
@@ -290,9 +313,9 @@ def _paper_bits(a: np.ndarray, avg: float, mode: str, max_bits: int) -> np.ndarr
     active = a > 0
     if not np.any(active):
         return out
-    w = np.cbrt(a[active] / a[active].max()) ** 2
-    # log2(w_i / sum w * C * 2^avg), written in logs so that a large avg_bits cannot overflow
-    log_bins = np.log2(w) - np.log2(w.sum()) + np.log2(a.size) + avg
+    log_w = _log2_ratio(a[active]) * (2.0 / 3.0)  # log2 of alpha_i^(2/3) / max alpha^(2/3)
+    # log2(w_i / sum w * C * 2^avg), written in logs so that neither avg_bits nor the spread overflow
+    log_bins = log_w - np.log2(np.exp2(log_w).sum()) + np.log2(a.size) + avg
     rounded = np.round(log_bins) if mode == "round" else np.ceil(log_bins)
     out[active] = np.clip(rounded, 0, max_bits).astype(np.int64)
     return out
@@ -370,7 +393,7 @@ def _integer_bits(a: np.ndarray, avg: float, budget: str, max_bits: int) -> np.n
     active = np.flatnonzero(a > 0)
     if active.size == 0:
         return bits
-    scaled = (a[active] / a[active].max()) ** 2  # the gains scale with alpha^2: normalise
+    scaled = np.exp2(2.0 * _log2_ratio(a[active]))  # the gains scale with alpha^2: normalise
     steps = np.arange(max_bits)
     gains = scaled[:, None] * 4.0 ** -(steps[None, :] + 1)  # g[i, m], rows = active channels
     gains = np.where(gains > 0, gains, np.finfo(float).tiny)  # an underflowed gain is still a gain

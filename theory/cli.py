@@ -2,8 +2,10 @@
 
 Theory subcommands live here; packages above theory (``aciq.quant``, ``aciq.kernels``) add their
 own through the ``aciq.cli`` entry-point group (a callable ``register(subparsers)``), so this module
-never imports them by name. Every subcommand that prints numbers takes ``--json`` and then prints
-only JSON on stdout.
+never imports them by name. The plugins are loaded only when the command line asks for something
+other than a theory subcommand (``aciq --help``, a plugin's subcommand, or nothing): a theory
+subcommand never imports torch. Every subcommand that prints numbers takes ``--json`` and then
+prints only JSON on stdout.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import GRIDS, PRIORS
+from .allocation import BUDGETS
 
 
 def _jsonable(value):
@@ -63,10 +66,14 @@ def _fmt(value) -> str:
 # --------------------------------------------------------------------------- subcommands
 def _cmd_alpha(args) -> int:
     from .clipping import optimal_alpha
+    from .grids import optimal_alpha_exact
 
     rows = []
     for bits in args.bits:
-        res = optimal_alpha(prior=args.prior, bits=bits, half_range=args.half_range, grid=args.grid)
+        if args.grid == "model":
+            res = optimal_alpha(prior=args.prior, bits=bits, half_range=args.half_range)
+        else:
+            res = optimal_alpha_exact(prior=args.prior, bits=bits, half_range=args.half_range, grid=args.grid)
         rows.append({"prior": args.prior, "bits": bits, "grid": args.grid, "half_range": args.half_range,
                      "alpha": float(res.alpha), "mse": float(res.mse), "converged": bool(res.converged)})
     _emit(rows, args)
@@ -117,7 +124,18 @@ def _bits_arg(text: str) -> float:
     return int(value) if value.is_integer() else value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, plugins: bool = True) -> argparse.ArgumentParser:
+    """The ``aciq`` parser: the theory subcommands, and with ``plugins`` those of the ``aciq.cli``
+    entry points."""
+    parser, sub = _theory_parser()
+    if plugins:
+        for ep in entry_points(group="aciq.cli"):
+            ep.load()(sub)
+    return parser
+
+
+def _theory_parser():
+    """The parser with the theory subcommands only, and its subparsers action."""
     parser = argparse.ArgumentParser(prog="aciq", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -134,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", choices=GRIDS, default="model",
                    help="model: the paper's approximate objective (default); others: exact error of that grid")
 
-    p = command("limits", _cmd_limits, "ACIQ vs exact optimal uniform vs Lloyd-Max vs D(R), per bit-width")
+    p = command("limits", _cmd_limits,
+                "ACIQ vs exact optimal uniform vs Lloyd-Max vs the Shannon lower bound, per bit-width")
     p.add_argument("--prior", choices=PRIORS, required=True)
     p.add_argument("--bits", type=int, nargs="+", required=True)
 
@@ -146,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("allocate", _cmd_allocate, "per-channel bin/bit allocation under a budget (eq. 10, 11)")
     p.add_argument("--alphas", type=float, nargs="+", required=True, help="per-channel ranges alpha_i")
     p.add_argument("--avg-bits", type=float, required=True, help="budget: average bits per channel")
-    p.add_argument("--budget", choices=("bins", "bits"), default="bins",
+    p.add_argument("--budget", choices=BUDGETS, default="bins",
                    help="bins: total 2^M bins fixed (eq. 10); bits: total bits fixed")
     p.add_argument("--max-bits", type=int, default=8)
 
@@ -157,13 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tables", _cmd_tables, "regenerate the theory tables (CSV + markdown)")
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
 
-    for ep in entry_points(group="aciq.cli"):
-        ep.load()(sub)
-    return parser
+    return parser, sub
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, sub = _theory_parser()
+    # the top-level parser has no option but --help, so a theory subcommand is the first word
+    if not argv or argv[0] not in sub.choices:
+        parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -28,8 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erfc, erfcx
 
-from ._common import (ClippingResult, check_bits, check_grid, check_nonnegative, check_prior, check_scale,
-                      scalar_or_array)
+from ._common import ClippingResult, check_bits, check_nonnegative, check_prior, check_scale, scalar_or_array
 
 __all__ = ["clipping_error", "quantization_noise", "model_mse", "optimal_alpha"]
 
@@ -321,10 +320,10 @@ def _unit_optimum(prior, log_c):
     return t, clip + np.exp(log_c) * t * t, converged
 
 
-def optimal_alpha(*, prior, bits, scale=1.0, half_range=False, grid="model") -> ClippingResult:
-    r"""The clipping value alpha* that minimises the MSE, and that MSE.
+def optimal_alpha(*, prior, bits, scale=1.0, half_range=False) -> ClippingResult:
+    r"""The clipping value alpha* that minimises the paper's MSE model, and that MSE.
 
-    For ``grid="model"`` this is the minimum of the paper's model (:func:`model_mse`), the root of
+    The minimum of the paper's model (:func:`model_mse`), the root of
 
     .. math::
 
@@ -343,8 +342,8 @@ def optimal_alpha(*, prior, bits, scale=1.0, half_range=False, grid="model") -> 
     in log form. The scale enters
     linearly: :math:`\alpha^*(k b) = k\,\alpha^*(b)`.
 
-    Other grids (``"midrise"``, ``"gemmlowp"``, ``"symmetric"``) minimise the exact error of a quantizer
-    that runs; they are delegated to :func:`aciq.theory.grids.optimal_alpha_exact`.
+    The optimum of the exact error of a quantizer that runs (``"midrise"``, ``"gemmlowp"``,
+    ``"symmetric"``, ``"midtread"``) is :func:`aciq.theory.grids.optimal_alpha_exact`.
 
     Parameters
     ----------
@@ -355,13 +354,13 @@ def optimal_alpha(*, prior, bits, scale=1.0, half_range=False, grid="model") -> 
         Laplace ``b`` or Gaussian ``sigma``, > 0. Broadcast against ``bits``.
     half_range : bool
         The one-sided (post-ReLU) model.
-    grid : {"model", "midrise", "gemmlowp", "symmetric"}
 
     Returns
     -------
     ClippingResult
         ``alpha`` (units of ``scale``), ``mse`` (the model MSE at ``alpha``, absolute units),
-        ``converged``; floats for scalar input, arrays of the broadcast shape otherwise.
+        ``converged``; floats for scalar input, arrays of the broadcast shape otherwise; ``grid`` is
+        ``"model"``.
 
     Examples
     --------
@@ -376,11 +375,6 @@ def optimal_alpha(*, prior, bits, scale=1.0, half_range=False, grid="model") -> 
     5.66137
     """
     prior = check_prior(prior)
-    grid = check_grid(grid)
-    if grid != "model":
-        from .grids import optimal_alpha_exact
-
-        return optimal_alpha_exact(prior=prior, bits=bits, grid=grid, scale=scale, half_range=half_range)
     half_range = bool(half_range)
     bits = check_bits(bits)
     scale = check_scale(scale)
@@ -397,4 +391,4 @@ def optimal_alpha(*, prior, bits, scale=1.0, half_range=False, grid="model") -> 
         unit = 0.5 * unit
     alpha = scale * t
     return ClippingResult(alpha=scalar_or_array(alpha), mse=scalar_or_array(scale**2 * unit),
-                          converged=converged, prior=prior, grid=grid, half_range=half_range)
+                          converged=converged, prior=prior, grid="model", half_range=half_range)

@@ -26,8 +26,9 @@ Reference numbers: the gemmlowp codes (:mod:`aciq.theory.grids`) of Laplace(0, 1
 ACIQ alpha (:func:`aciq.theory.clipping.optimal_alpha`) have entropy 1.473, 2.281, 3.021 and 6.130
 bits at M = 2, 3, 4, 8 (exact, from the Laplace CDF over the grid's cells; a seeded sample of
 :math:`10^6` gives 1.473, 2.282, 3.022, 6.132 and the seed inventory lists 1.473, 2.283, 3.020,
-6.131), and their Huffman codes average 1.584, 2.361, 3.080, 6.157 bits: 0.5 to 1.9 bits below
-the nominal width.
+6.131), and Huffman codes built for those exact probabilities average 1.584, 2.360, 3.078 and
+6.156 bits (built from that sample's counts: 1.584, 2.361, 3.080, 6.157): 0.4 to 1.9 bits below the
+nominal width.
 """
 from __future__ import annotations
 

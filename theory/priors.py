@@ -156,6 +156,12 @@ def _laplace_side(lo, hi, q):
     return 0.5 * np.exp(-lo) * (u * u * i0 + 2.0 * u * i1 + i2)
 
 
+def _laplace_side_first(lo, hi, q):
+    """Integral over [lo, hi] (0 <= lo <= hi <= inf) of (x - q) * exp(-x)/2: \tfrac12 e^{-lo}(u I_0 + I_1)."""
+    h = hi - lo
+    return 0.5 * np.exp(-lo) * ((lo - q) * -np.expm1(-h) + gammainc(2.0, h))
+
+
 def _laplace_side_moments(lo, hi):
     """(M0, M1, M2) of exp(-x)/2 over [lo, hi], 0 <= lo <= hi <= inf: all terms positive."""
     h = hi - lo
@@ -210,6 +216,26 @@ def _gauss_cell(a, b, q):
         # M2 - 2q M1 + q^2 M0 = (1 + q^2) M0 + (a - 2q) phi(a) - (b - 2q) phi(b)
         out[wide] = (1.0 + qw * qw) * _gauss_mass(aw, bw) + _z_phi(aw, 2.0 * qw) - _z_phi(bw, 2.0 * qw)
     return np.maximum(out, 0.0)
+
+
+def _gauss_first(a, b, q):
+    """Unit-sigma integral over [a, b] of (x - q) phi(x): Gauss-Legendre in x - q for narrow cells,
+    phi(a) - phi(b) - q (Phi(b) - Phi(a)) for wide ones."""
+    a, b, q = np.broadcast_arrays(a, b, q)
+    narrow = np.isfinite(a) & np.isfinite(b) & (b - a <= _GL_WIDTH)
+    out = np.empty(a.shape)
+    if np.any(narrow):
+        an, bn, qn = a[narrow], b[narrow], q[narrow]
+        half = 0.5 * (bn - an)
+        t = (0.5 * ((an - qn) + (bn - qn)))[:, None] + half[:, None] * _GL_NODES
+        out[narrow] = half * ((t * _phi(qn[:, None] + t)) @ _GL_WEIGHTS)
+    wide = ~narrow
+    if np.any(wide):
+        aw, bw, qw = a[wide], b[wide], q[wide]
+        fa = np.where(np.isfinite(aw), _phi(np.where(np.isfinite(aw), aw, 0.0)), 0.0)
+        fb = np.where(np.isfinite(bw), _phi(np.where(np.isfinite(bw), bw, 0.0)), 0.0)
+        out[wide] = fa - fb - qw * _gauss_mass(aw, bw)
+    return out
 
 
 def _gauss_moments(a, b):
@@ -344,6 +370,15 @@ def _unit_cell_error(a, b, q, prior):
         (plo, phi), (nlo, nhi) = _split(a, b)
         return _laplace_side(plo, phi, q) + _laplace_side(nlo, nhi, -q)
     return _gauss_cell(*np.broadcast_arrays(a, b, q))
+
+
+def _unit_cell_first(a, b, q, prior):
+    """:math:`\\int_a^b (x - q) f(x)\\,dx` for the unit prior without validation: the derivative of
+    :func:`_unit_cell_error` with respect to ``q`` is minus twice this."""
+    if prior == "laplace":
+        (plo, phi), (nlo, nhi) = _split(a, b)
+        return _laplace_side_first(plo, phi, q) - _laplace_side_first(nlo, nhi, -q)
+    return _gauss_first(a, b, q)
 
 
 def _unit_moments(a, b, prior):

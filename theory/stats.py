@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import gammaln
 
-from ._common import PRIORS, check_bits, check_data, check_grid, check_prior
+from ._common import PRIORS, QUANTIZER_GRIDS, check_bits, check_data, check_grid, check_prior
 
 METHODS = ("empirical", "predicted")
 
@@ -324,7 +324,7 @@ def choose_prior(x, *, bits, axis=None, grid="midrise", half_range=False,
     'gauss'
     """
     from .clipping import optimal_alpha
-    from .grids import QUANTIZER_GRIDS, quantize
+    from .grids import quantize
 
     bits = float(check_bits(bits, "bits"))
     grid = check_grid(grid, allowed=QUANTIZER_GRIDS)

@@ -384,3 +384,44 @@ def test_bad_input_of_the_rule_functions():
         optimal_integer_bits([1.0], avg_bits=4, budget=None)
     with pytest.raises(ValueError, match="alphas"):
         paper_bits_fixed_target([-1.0], avg_bits=4)
+
+
+# --------------------------------------------------------------------------- extreme ranges
+@pytest.mark.parametrize("budget", ["bins", "bits"])
+def test_ranges_a_float_ratio_apart_get_a_correct_answer(budget):
+    """alpha = 1e-300 next to 1 (a ratio that underflows as alpha_i / max alpha, and an alpha_i^2
+    that underflows outright): no warning (they are errors in the tests), finite errors, eq. 10 and
+    11 from logs, and an integer allocation whose error is the brute-force minimum."""
+    alphas = np.array([1e-300, 1.0, 0.3])
+    res = allocate(alphas, avg_bits=4, budget=budget)
+    assert res.bits_paper.tolist() == paper_bits([1e-6, 1.0, 0.3], avg_bits=4).tolist()
+    assert res.bins_continuous[0] / res.bins_continuous[1] == pytest.approx(1e-200, rel=1e-10)
+    assert all(np.isfinite(v) and v > 0 for v in res.mse.values())
+    best = np.inf
+    for bits in itertools.product(range(9), repeat=3):
+        bits = np.array(bits)
+        within = (np.exp2(bits).sum() <= 48) if budget == "bins" else (bits.sum() <= 12)
+        if within:
+            best = min(best, allocation_mse(alphas, bins=np.exp2(bits)))
+    assert res.mse["bits"] == pytest.approx(best, rel=1e-12)
+
+
+def test_ranges_too_far_apart_or_too_large_are_refused_clearly():
+    with pytest.raises(ValueError, match="alphas.*ratio"):
+        allocate([1e-300, 1e300], avg_bits=4)            # eq. 10's bins of the narrow channel underflow
+    with pytest.raises(ValueError, match="alphas.*overflows"):
+        allocate([1e-200, 1e200], avg_bits=4)            # alpha^2 / (3 B^2) beyond float64
+    with pytest.raises(ValueError, match="alphas.*ratio"):
+        allocate_bins_continuous([1e-300, 1e300], total_bins=32)
+    tiny = allocate([0.0, 1e-300, 3e-300], avg_bits=2)  # tiny but alike: the answer of [0, 1, 3]
+    assert tiny.bits.tolist() == allocate([0.0, 1.0, 3.0], avg_bits=2).bits.tolist()
+
+
+def test_cli_answers_extreme_ranges_with_one_line(capsys):
+    from aciq.theory.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["allocate", "--alphas", "1e-300", "1e300", "--avg-bits", "4"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "alphas" in err and "Warning" not in err and len(err.strip().splitlines()) == 1

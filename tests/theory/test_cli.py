@@ -45,10 +45,10 @@ def test_alpha_half_range_is_symmetric_one_bit_up(capsys):
 def test_limits_contract_and_ordering(capsys):
     rows = run_json(capsys, "limits", "--prior", "gauss", "--bits", "2", "3", "4")
     keys = {"bits", "aciq_alpha", "aciq_mse_model", "aciq_mse_exact", "uniform_alpha", "uniform_mse",
-            "lloyd_max_mse", "rate_distortion_mse"}
+            "lloyd_max_mse", "shannon_lower_bound_mse"}
     for r in rows:
-        assert keys <= set(r)
-        assert r["rate_distortion_mse"] < r["lloyd_max_mse"] < r["uniform_mse"] <= r["aciq_mse_exact"]
+        assert keys <= set(r) and not any(k.startswith("rate_distortion") for k in r)  # a bound, not D(R)
+        assert r["shannon_lower_bound_mse"] < r["lloyd_max_mse"] < r["uniform_mse"] <= r["aciq_mse_exact"]
     assert rows[2]["lloyd_max_mse"] == pytest.approx(0.009497, rel=2e-3)  # Max (1960), 16 levels
 
 
@@ -92,3 +92,50 @@ def test_figures_and_tables_commands_write_files(tmp_path, capsys):
     assert {Path(r["path"]).name for r in rows} >= {"table-alpha.csv", "table-limits.md", "table-gap.csv"}
     for r in rows:
         assert Path(r["path"]).stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- plugins and imports
+def _fresh(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["alpha", "--prior", "laplace", "--bits", "4", "--grid", "gemmlowp", "--json"],
+    ["allocate", "--alphas", "1", "2", "--avg-bits", "3", "--json"],
+    ["alpha", "--help"],
+])
+def test_theory_subcommands_do_not_import_torch(argv):
+    out = _fresh("import sys, contextlib, io\n"
+                 "from aciq.theory.cli import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()):\n"
+                 "    try:\n"
+                 f"        main({argv!r})\n"
+                 "    except SystemExit:\n"
+                 "        pass\n"
+                 "print(sorted(m for m in ('torch', 'numba', 'aciq.quant') if m in sys.modules))")
+    assert out.strip() == "[]"
+
+
+def test_help_lists_every_subcommand_plugins_included():
+    from importlib.metadata import entry_points
+
+    out = _fresh("import contextlib, io\n"
+                 "from aciq.theory.cli import main\n"
+                 "buf = io.StringIO()\n"
+                 "with contextlib.redirect_stdout(buf):\n"
+                 "    try:\n"
+                 "        main(['--help'])\n"
+                 "    except SystemExit:\n"
+                 "        pass\n"
+                 "print(buf.getvalue())")
+    for name in ("alpha", "limits", "gap", "allocate", "figures", "tables"):
+        assert f"    {name} " in out
+    assert list(entry_points(group="aciq.cli")), "aciq.quant registers its subcommands as an entry point"
+    assert "    evaluate " in out  # one of aciq.quant's subcommands
+
+
+def test_a_plugin_subcommand_still_parses(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--help"])
+    assert exc.value.code == 0
+    assert "usage: aciq evaluate" in capsys.readouterr().out

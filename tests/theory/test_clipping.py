@@ -1,6 +1,4 @@
 """aciq.theory.clipping: the ACIQ model and its optimal clipping value, checked by independent routes."""
-import sys
-import types
 
 import mpmath as mp
 import numpy as np
@@ -262,21 +260,12 @@ def test_broadcasting_shapes_and_scalars():
     assert quantization_noise(np.ones(3), bits=bits).shape == (3, 3)
 
 
-def test_other_grids_are_delegated(monkeypatch):
-    calls = []
-    fake = types.ModuleType("aciq.theory.grids")
-    fake.optimal_alpha_exact = lambda **kw: calls.append(kw) or "exact"
-    monkeypatch.setitem(sys.modules, "aciq.theory.grids", fake)
-    assert optimal_alpha(prior="gauss", bits=4, scale=2.0, half_range=True, grid="midrise") == "exact"
-    assert calls == [dict(prior="gauss", bits=4, grid="midrise", scale=2.0, half_range=True)]
-
-
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, name", [
     (dict(scale=0.0), "scale"), (dict(scale=-1.0), "scale"), (dict(scale=np.nan), "scale"),
     (dict(scale=[]), "scale"), (dict(bits=0.5), "bits"), (dict(bits=np.inf), "bits"),
     (dict(bits=np.nan), "bits"), (dict(bits=[]), "bits"), (dict(bits="four"), "bits"),
-    (dict(prior="cauchy"), "prior"), (dict(grid="nearest"), "grid"),
+    (dict(prior="cauchy"), "prior"),
 ])
 def test_optimal_alpha_rejects_bad_input(kwargs, name):
     with pytest.raises(ValueError, match=name):

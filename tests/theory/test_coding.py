@@ -168,6 +168,13 @@ def test_laplace_codes_at_the_aciq_alpha_match_the_inventory():
         assert r.n == x.size and 2**bits - 3 <= r.symbols <= 2**bits  # at 8 bits the outer cells hold ~2
 
 
+def test_huffman_of_the_exact_code_probabilities():
+    """The module docstring's numbers: Huffman codes for the exact cell probabilities (no sample)."""
+    for bits, listed in {2: 1.584, 3: 2.360, 4: 3.078, 8: 6.156}.items():
+        _, p = exact_code_entropy(optimal_alpha(prior="laplace", bits=bits).alpha, bits)
+        assert (p * huffman_code_lengths(p)).sum() == pytest.approx(listed, abs=5e-4)
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("codes", [[0.5, 1.0], [], np.zeros((3, 0)), [1.0, np.nan], ["a", "b"], [[1, 2], [3]]])
 def test_bad_codes(codes):

@@ -79,7 +79,7 @@ def test_midrise_optimum_at_two_bits_is_above_the_model_alpha():
 def test_one_bit_midrise_optimum_is_twice_the_mean_absolute_value(prior, mean_abs):
     """Levels +-alpha/2: MSE = E[(|X| - alpha/2)^2], minimised at alpha/2 = E|X|, equal to Var|X|."""
     res = grids.optimal_alpha_exact(prior=prior, bits=1, grid="midrise", scale=1.5)
-    assert res.alpha == pytest.approx(2 * mean_abs * 1.5, rel=1e-7)
+    assert res.alpha == pytest.approx(2 * mean_abs * 1.5, rel=1e-13)
     var = 2.0 if prior == "laplace" else 1.0
     assert res.mse == pytest.approx(1.5**2 * (var - mean_abs**2), rel=1e-12)
 
@@ -87,12 +87,81 @@ def test_one_bit_midrise_optimum_is_twice_the_mean_absolute_value(prior, mean_ab
 def test_three_level_symmetric_optimum_laplace_is_two_b():
     """Levels {0, +-alpha}, thresholds +-alpha/2: alpha = E[X | X > alpha/2] = alpha/2 + b, so 2b."""
     res = grids.optimal_alpha_exact(prior="laplace", bits=2, grid="symmetric", scale=0.7)
-    assert res.alpha == pytest.approx(1.4, rel=1e-7)
+    assert res.alpha == pytest.approx(1.4, rel=1e-13)
+
+
+def test_one_bit_gemmlowp_optimum_laplace_is_b():
+    """M = 1: z = round(1/2) = 0, levels {0, 2 alpha}, threshold alpha; the upper level is the centroid
+    of X > alpha: 2 alpha = alpha + b."""
+    assert grids.optimal_alpha_exact(prior="laplace", bits=1, grid="gemmlowp", scale=1.3).alpha == \
+        pytest.approx(1.3, rel=1e-13)
 
 
 def test_three_level_symmetric_optimum_gauss_is_a_centroid():
-    t = optimize.brentq(lambda a: a - stats.norm.pdf(a / 2) / stats.norm.sf(a / 2), 0.5, 4.0, xtol=1e-14)
-    assert grids.optimal_alpha_exact(prior="gauss", bits=2, grid="symmetric").alpha == pytest.approx(t, rel=1e-7)
+    t = optimize.brentq(lambda a: a - stats.norm.pdf(a / 2) / stats.norm.sf(a / 2), 0.5, 4.0, xtol=1e-15)
+    assert grids.optimal_alpha_exact(prior="gauss", bits=2, grid="symmetric").alpha == pytest.approx(t, rel=1e-13)
+
+
+def mp_cumulative_moments(prior, x):
+    """(P(X <= x), E[X; X <= x], E[X^2; X <= x]) of the unit prior in closed form, mpmath."""
+    import mpmath as mp
+
+    if prior == "gauss":
+        if x == -mp.inf:
+            return mp.mpf(0), mp.mpf(0), mp.mpf(0)
+        if x == mp.inf:
+            return mp.mpf(1), mp.mpf(0), mp.mpf(1)
+        return mp.ncdf(x), -mp.npdf(x), mp.ncdf(x) - x * mp.npdf(x)
+    if x == -mp.inf:
+        return mp.mpf(0), mp.mpf(0), mp.mpf(0)
+    if x == mp.inf:
+        return mp.mpf(1), mp.mpf(0), mp.mpf(2)
+    if x < 0:
+        e = mp.exp(x) / 2
+        return e, (x - 1) * e, (x * x - 2 * x + 2) * e
+    e = mp.exp(-x) / 2
+    return 1 - e, -(x + 1) * e, 2 - (x * x + 2 * x + 2) * e
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("grid, bits, half_range", [("midrise", 3, False), ("gemmlowp", 4, True),
+                                                     ("symmetric", 8, False), ("midtread", 2, False)])
+def test_optimum_matches_a_40_digit_root(prior, grid, bits, half_range):
+    """The root of d MSE / d alpha = -2 sum_i lambda_i (M1_i - l_i M0_i) (the Leibniz terms cancel, see
+    the finite-difference test) from closed-form partial moments at 40 digits, where the cancellation
+    that limits float64 costs nothing; and the MSE there, M2 - 2 l M1 + l^2 M0 per cell."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    cells = grids.grid_cells(1.0, bits=bits, grid=grid, half_range=half_range)
+    tau = [mp.mpf(0) if half_range else -mp.inf] + [mp.mpf(float(v)) for v in cells.thresholds] + [mp.inf]
+    lam = [mp.mpf(float(v)) for v in cells.levels]
+
+    def cell_moments(t):
+        cum = [mp_cumulative_moments(prior, v * t if mp.isfinite(v) else v) for v in tau]
+        return [[hi[k] - lo[k] for k in range(3)] for lo, hi in zip(cum[:-1], cum[1:])]
+
+    def dmse(t):
+        return -2 * sum(l * (m1 - l * t * m0) for l, (m0, m1, _) in zip(lam, cell_moments(t)))
+
+    def mse(t):  # half range: the cells start at 0 (every X <= 0 is coded as 0 exactly)
+        return sum(m2 - 2 * l * t * m1 + (l * t) ** 2 * m0 for l, (m0, m1, m2) in zip(lam, cell_moments(t)))
+
+    res = grids.optimal_alpha_exact(prior=prior, bits=bits, grid=grid, half_range=half_range)
+    root = mp.findroot(dmse, mp.mpf(res.alpha))
+    assert res.converged
+    assert abs(res.alpha / root - 1) < 1e-12
+    assert res.mse == pytest.approx(float(mse(root)), rel=1e-13)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("half_range", [False, True])
+def test_mse_derivative_matches_finite_differences(prior, grid, half_range):
+    for bits in (2, 5):
+        for t in (0.7, 2.0, 4.5):
+            h = 1e-4 * t
+            fd = np.diff(grids._unit_mse([t - h, t + h], bits, grid, half_range, prior))[0] / (2 * h)
+            assert grids._unit_dmse(t, bits, grid, half_range, prior) == pytest.approx(fd, rel=1e-6, abs=1e-7)
 
 
 # --------------------------------------------------------------------------- exact MSE
