@@ -353,6 +353,10 @@ def _overrides(args) -> dict:
 
 
 def _threads(args):
+    """Every command's set-up: torch threads, and freed memory kept for reuse (:mod:`aciq.quant.memory`)."""
+    from .memory import retain_freed_memory
+
+    retain_freed_memory()
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
