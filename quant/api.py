@@ -68,7 +68,7 @@ class Prepared:
 
     model: nn.Module
     layers: list                                 # conv/linear names in first-call order (not skipped)
-    pools: list
+    pools: list                                  # pooling modules (quantized where a config sets pool_bits)
     fused: dict = field(default_factory=dict)    # layer -> a ReLU consumes its output
     folded: list = field(default_factory=list)
     first: str | None = None
@@ -78,6 +78,10 @@ class Prepared:
 
     def shapes(self) -> dict:
         return {n: tuple(self.model.get_submodule(n).weight.shape) for n in self.layers}
+
+    def copy(self) -> "Prepared":
+        """An independent copy (conversion swaps modules in place: one copy per config)."""
+        return copy.deepcopy(self)
 
 
 def _check_config(config) -> None:
@@ -167,7 +171,7 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, *,
     if not layers:
         raise ValueError(f"skip: every conv/linear layer is skipped ({all_layers[:5]}...): nothing to quantize")
     fused = {n: any(_relu_like(names[c]) for c in tr.consumers(n)) for n in layers}
-    pools = [n for n in tr.order(POOL_TYPES) if n not in config.skip] if config.pool_bits else []
+    pools = [n for n in tr.order(POOL_TYPES) if n not in config.skip]
     return Prepared(model=m, layers=layers, pools=pools, fused=fused, folded=folded, first=first, last=last,
                     caps=_input_caps(tr, names, layers, eq), equalization=eq)
 
@@ -188,14 +192,16 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str]):
-    """Pass 1 (moments; Hessians for float-mode GPTQ), then the plan, then passes 2 and 3 where it needs them."""
+def _run_passes(p: Prepared, configs: list, batches: list):
+    """Pass 1 (moments; Hessians for float-mode GPTQ), then each config's plan, then passes 2 and 3 where any
+    plan needs them: one set of statistics serves every config."""
+    sites = list(dict.fromkeys(s for c in configs for s in observed_sites(p, c)))
     observers = {}
     for s in sites:
         layer, _, where = s.rpartition(":")
         observers[s] = Observer(s, hist_bins=None, cap=p.caps.get(layer) if where == "input" else None)
-    hess = {n: None for n in p.layers} if (config.weight_rounding == "gptq" and config.calibration == "float") \
-        else {}
+    gptq = any(c.weight_rounding == "gptq" for c in configs)
+    hess = {n: None for n in p.layers} if gptq else {}
     rows = {}
     handles = []
     for site, obs in observers.items():
@@ -212,21 +218,24 @@ def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str
         else:
             handles.append(module.register_forward_hook(lambda m, args, out, o=obs: o.record(out)))
     device = _device(p.model)
-    plan = None
+    specs = {}
     try:
         for phase in (1, 2, 3):
             if phase == 2:
-                plan = make_plan(p, config, {s: o.stats for s, o in observers.items()})
-                specs = plan.act_sites()
+                first = {s: o.stats for s, o in observers.items()}
+                for c in configs:
+                    for site, spec in make_plan(p, c, first).act_sites().items():
+                        specs.setdefault(site, []).append(spec)
                 for site, obs in observers.items():
-                    spec = specs.get(site)
-                    wanted = spec is not None and needs_spread(spec)
-                    obs.hist_bins = spec.kl_bins if wanted and spec.clipping == "kl" else None
+                    wanted = [sp for sp in specs.get(site, ()) if needs_spread(sp)]
+                    kl = [sp.kl_bins for sp in wanted if sp.clipping == "kl"]
+                    obs.hist_bins = max(kl) if kl else None
                     obs.phase = 2 if wanted else 0
             if phase == 3:
                 for site, obs in observers.items():
-                    spec = specs.get(site)
-                    obs.candidates = candidate_errors(obs.stats, spec) if spec is not None else {}
+                    obs.candidates = {}
+                    for spec in specs.get(site, ()):
+                        obs.candidates.update(candidate_errors(obs.stats, spec))
                     obs.phase = 3 if obs.candidates else 0
             if not any(o.phase == phase for o in observers.values()):
                 continue
@@ -235,19 +244,37 @@ def _run_passes(p: Prepared, config: QuantConfig, batches: list, sites: list[str
     finally:
         for h in handles:
             h.remove()
-    return ({s: o.stats for s, o in observers.items()}, plan, {n: h for n, h in hess.items() if h is not None},
-            rows)
+    return ({s: o.stats for s, o in observers.items()}, {n: h for n, h in hess.items() if h is not None}, rows)
 
 
-def collect_statistics(model: nn.Module, config: QuantConfig, calibration_data, *,
-                       prepared: Prepared | None = None) -> Statistics:
-    """Statistics of every site of ``model`` (folded) over ``calibration_data``, on the float model."""
-    _check_config(config)
+def collect_statistics(model: nn.Module, config, calibration_data, *, prepared: Prepared | None = None) -> Statistics:
+    """Statistics of every site of ``model`` (folded) over ``calibration_data``, on the float model.
+
+    ``config`` may be a list of configs (float calibration, the same ``skip`` and equalization): the
+    statistics then serve each of them (every grid, error and Hessian any of them reads), from the same
+    passes over the data.
+    """
+    configs = list(config) if isinstance(config, (list, tuple)) else [config]
+    if not configs:
+        raise ValueError("config: give a QuantConfig or a non-empty list of them")
+    for c in configs:
+        _check_config(c)
+        if c.calibration != "float":
+            raise ValueError("collect_statistics observes the float model: calibration='sequential' configs "
+                             "measure their statistics while they quantize (use quantize())")
+        if _prepare_key(c) != _prepare_key(configs[0]):
+            raise ValueError("config: the configs of one statistics collection must share skip, equalize and "
+                             f"absorb_bias ({_prepare_key(c)} vs {_prepare_key(configs[0])})")
     batches = as_batches(calibration_data)
-    p = prepared if prepared is not None else prepare(model, batches[0], config, calibration_data=batches)
-    stats, _, hess, rows = _run_passes(p, config, batches, observed_sites(p, config))
+    p = prepared if prepared is not None else prepare(model, batches[0], configs[0], calibration_data=batches)
+    stats, hess, rows = _run_passes(p, configs, batches)
     return Statistics(sites=stats, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
                       hessians=hess, hessian_rows=rows)
+
+
+def _prepare_key(config: QuantConfig) -> tuple:
+    """What :func:`prepare` reads of a config: configs that agree on it share a prepared model."""
+    return (tuple(config.skip), config.equalize, config.absorb_bias)
 
 
 # --------------------------------------------------------------------------- convert

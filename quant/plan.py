@@ -132,7 +132,8 @@ def observed_sites(p, config: QuantConfig) -> list[str]:
     sites = [f"{n}:input" for n in p.layers]
     if config.act_site == "output":
         sites += [f"{n}:output" for n in p.layers]
-    sites += [f"{n}:pool" for n in p.pools]
+    if config.pool_bits:
+        sites += [f"{n}:pool" for n in p.pools]
     return sites
 
 
@@ -141,6 +142,6 @@ def make_plan(p, config: QuantConfig, stats: dict) -> Plan:
     plan = Plan(calibration=config.calibration)
     for name in p.layers:
         plan.layers[name] = layer_spec(p, name, config, stats)
-    for name in p.pools:
+    for name in (p.pools if config.pool_bits else ()):
         plan.pools[name] = pool_spec(stats[f"{name}:pool"], config)
     return plan

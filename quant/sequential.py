@@ -159,7 +159,7 @@ def calibrate(p, config: QuantConfig, batches: list, *, backend: str = "fake") -
     pending = {}
     for name in p.layers:
         pending[name] = _Pending(name, p.model.get_submodule(name), finish_layer)
-    for name in p.pools:
+    for name in (p.pools if config.pool_bits else ()):
         pending[name] = _Pending(name, p.model.get_submodule(name), finish_pool)
     for name, w in pending.items():
         set_module(p.model, name, w)

@@ -403,3 +403,21 @@ def test_cuda_model_runs_on_cuda(net, images, name):
         a, b = cpu(images), gpu(images.cuda()).cpu()
     assert torch.isfinite(b).all()
     assert (b - a).norm() <= 0.1 * a.norm()
+
+
+def test_one_statistics_collection_serves_several_configs(net, images):
+    """Statistics collected once for a list of configs quantize each of them exactly as its own would."""
+    names = ["w4a4-naive", "w4a4-all", "w4a4-pt-mse", "w4a4-pt-kl", "w4a4-pt-mix", "seed-w4a4-all", "w8a4-aciq"]
+    configs = [preset(n, mse_candidates=12) for n in names] + [preset("w4a8-naive", weight_rounding="gptq")]
+    calib = list(images[:16].split(8))
+    shared = collect_statistics(net, configs, calib)
+    p = prepare(net, calib[0], configs[0])
+    for cfg in configs:
+        own = quantize(net, cfg, calib)
+        from_shared = api.convert(p.copy(), cfg, shared)
+        with torch.no_grad():
+            assert torch.equal(own(images), from_shared(images)), cfg.describe()
+    with pytest.raises(ValueError, match="must share skip, equalize and absorb_bias"):
+        collect_statistics(net, [configs[0], configs[0].replace(equalize="weights")], calib)
+    with pytest.raises(ValueError, match="calibration='sequential' configs"):
+        collect_statistics(net, [configs[0].replace(calibration="sequential")], calib)
