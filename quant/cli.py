@@ -28,7 +28,7 @@ from .config import (ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES, BIAS_CORRECTION
                      preset)
 from .zoo import MODELS
 
-__all__ = ["register", "run", "build_config"]
+__all__ = ["register", "run", "sweep", "build_config"]
 
 FLOAT = "float"
 
@@ -468,27 +468,78 @@ def _sweep_row_parallel(args, plan, dist) -> list[dict]:
     return rows
 
 
-def _cmd_sweep(args) -> int:
+def _sweep_rows(args) -> tuple[list[dict], list, object]:
+    """Every row of the sweep of ``args`` (rank 0 holds them all), its plan and the session's ``Dist``."""
     from .distributed import session
-    from .evaluate import markdown_table
 
     _threads(args)
     plan = _sweep_plan(args)
     with session(args.device) as dist:
         spread = _sweep_row_parallel if args.distribute == "rows" and dist.active else _sweep_data_parallel
         rows = spread(args, plan, dist)
+    return rows, plan, dist
+
+
+def _sweep_outputs(args, rows, plan) -> None:
+    """``--markdown`` and ``--mlflow`` of a finished sweep (rank 0)."""
+    from .evaluate import markdown_table
+
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).write_text(markdown_table(rows, SWEEP_COLUMNS))
+    _track(args, [(row, config) for row, (_, _, config, _) in zip(rows, plan)], artifacts=[args.markdown])
+
+
+def _cmd_sweep(args) -> int:
+    from .evaluate import markdown_table
+
+    rows, plan, dist = _sweep_rows(args)
     if not dist.is_main:
         return 0
     if args.json:
         print(json.dumps(rows, default=str))
     else:
         print(markdown_table(rows, SWEEP_COLUMNS), end="")
-    if args.markdown:
-        from pathlib import Path
-
-        Path(args.markdown).write_text(markdown_table(rows, SWEEP_COLUMNS))
-    _track(args, [(row, config) for row, (_, _, config, _) in zip(rows, plan)], artifacts=[args.markdown])
+    _sweep_outputs(args, rows, plan)
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments raise ValueError (with argparse's message) instead of exiting the process."""
+
+    def error(self, message):
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def sweep(argv) -> list[dict]:
+    """``aciq sweep ARGV`` from Python: the rows it records, without a subprocess and without printing.
+
+    ``argv`` is the command line after ``aciq sweep`` (a list of strings, as a shell would split it). The rows
+    are the results rows of :func:`run`, in the order of the plan (models, then presets, then ``--bits``); the
+    ``--results`` CSV, ``--markdown`` file and ``--mlflow`` runs are written as the command writes them.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (argparse's message), or any input the command rejects.
+
+    Examples
+    --------
+    >>> sweep(["--models", "resnet20_fmnist", "--presets", "nope"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --presets: 'nope' is not one of [...]
+    """
+    if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"argv must be a list of strings (the command line after 'aciq sweep'), got {argv!r}")
+    parser = _Parser(prog="aciq")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", *argv])
+    rows, plan, dist = _sweep_rows(args)
+    if dist.is_main:
+        _sweep_outputs(args, rows, plan)
+    return rows
 
 
 # --------------------------------------------------------------------------- layer sensitivity (-ct, -ep)

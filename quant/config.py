@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aciq.theory import PRIORS
 from aciq.theory.allocation import BUDGETS
 
-__all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "preset", "CLIPPING_MODES",
+__all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "PAPER_TABLE_PRESETS", "preset", "CLIPPING_MODES",
            "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES", "ALLOC_BUDGETS", "EXACT_PRIORS", "HALF_RANGE",
            "ACT_SITES", "WEIGHT_QUANTIZERS", "CALIBRATION_MODES", "WEIGHT_ROUNDING", "GPTQ_ORDERS", "EQUALIZE_RULES",
            "ACT_CAPS"]
@@ -371,6 +371,24 @@ PRESETS: dict[str, QuantConfig] = {
     "w4a8-kmeans": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans"),
     "w4a8-kmeans-bias": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans", bias_correction="mean"),
 }
+
+PAPER_TABLE_PRESETS: dict[tuple[tuple[int, int], str], str] = {
+    # (weight bits, act bits), technique -> preset: the rows of the paper's Table 1, block by block, one
+    # technique at a time ("naive" is the paper's "Baseline"). aciq.quant.paper holds the paper's numbers for the
+    # techniques it published; a row added here without one (an aciq preset of our own) joins the comparison
+    # table with an empty paper column.
+    ((8, 4), "naive"): "w8a4-naive",
+    ((8, 4), "aciq"): "w8a4-aciq",
+    ((8, 4), "alloc"): "w8a4-alloc",
+    ((8, 4), "aciq+alloc"): "w8a4-aciq-alloc",
+    ((4, 8), "naive"): "w4a8-naive",
+    ((4, 8), "bias"): "w4a8-bias",
+    ((4, 8), "alloc"): "w4a8-alloc",
+    ((4, 8), "alloc+bias"): "w4a8-alloc-bias",
+    ((4, 4), "naive"): "w4a4-naive",
+    ((4, 4), "all"): "w4a4-all",
+}
+"""The preset behind each (bits, technique) row of the paper's Table 1 (see :mod:`aciq.quant.paper`)."""
 
 
 def preset(name: str, **changes) -> QuantConfig:

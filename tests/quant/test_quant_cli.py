@@ -114,6 +114,39 @@ def test_sweep_prints_a_markdown_table(capsys, folder, weights, tmp_path):
         ("float", "", ""), ("w4a4-naive", "4", "4"), ("w4a4-naive", "8", "8")]
 
 
+def test_sweep_from_python_returns_the_rows_the_command_prints(capsys, folder, weights, tmp_path):
+    from aciq.quant.cli import sweep
+
+    argv = ["--models", "mobilenet_v2", "--weights", str(weights), "--data", str(folder), "--presets", "float",
+            "w4a8-naive", "--calib-images", "4", "--batch-size", "3", "--no-progress", "--results",
+            str(tmp_path / "r.csv"), "--markdown", str(tmp_path / "t.md")]
+    rows = sweep(argv)
+    assert capsys.readouterr().out == ""                      # nothing printed
+    assert [(r["model"], r["preset"], r["n"]) for r in rows] == [("mobilenet_v2", "float", 8),
+                                                                ("mobilenet_v2", "w4a8-naive", 8)]
+    code, out = _run(capsys, "sweep", *argv, "--json")
+    assert code == 0
+    printed = json.loads(out.out)
+    assert [(r["preset"], r["top1"], r["agreement"]) for r in printed] == [
+        (r["preset"], r["top1"], r["agreement"]) for r in rows]
+    assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 4   # both calls appended their rows
+    assert (tmp_path / "t.md").read_text().count("mobilenet_v2") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "resnet20_fmnist", "--presets", "float", "--nope"], "unrecognized arguments: --nope"),
+    (["--models", "resnet20_fmnist"], "the following arguments are required: --presets"),
+    (["--models", "resnet20_fmnist", "--presets", "float", "--bits", "4"], "bits must look like W/A"),
+    (["--models", "vgg19", "--presets", "float"], "--models: 'vgg19' is not one of"),
+    ("--models resnet20_fmnist --presets float", "argv must be a list of strings"),
+])
+def test_sweep_from_python_raises_value_errors(argv, message):
+    from aciq.quant.cli import sweep
+
+    with pytest.raises(ValueError, match=message):
+        sweep(argv)
+
+
 def test_build_config_applies_only_the_given_options():
     over = {k: None for k in ("weight_bits", "act_bits", "act_granularity", "bias_correction", "half_range")}
     assert build_config("w4a4-all", over) == preset("w4a4-all")
