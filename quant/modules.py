@@ -111,6 +111,7 @@ class KernelLayer(nn.Module):
             self.op = kernels.QuantLinear(weights, act, epilogue=epilogue, mode="mixed", backend=backend)
         self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
         self.quant = q
+        self.layer = layer
 
     def forward(self, x):
         y = torch.from_numpy(np.asarray(self.op(np.ascontiguousarray(x.detach().cpu().numpy(), np.float32))))
