@@ -118,7 +118,8 @@ def _quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def _check_bias_form(name: str, q: LayerQuant) -> None:
     bc = q.info.get("bias_correction") if isinstance(q.info, dict) else None
-    if bc and bc.get("form") == "seed":
+    # the seed form's per-row offsets (kept as data by newer quantizers as ``row_offset``), or its record
+    if getattr(q, "row_offset", None) is not None or (bc and bc.get("form") == "seed"):
         raise ValueError(
             f"layer {name!r}: its bias correction is in the seed form, which moves the weights off the integer "
             "grid (w = xi * w_hat + offset per channel), so there are no integer weights to export. Quantize "

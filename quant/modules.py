@@ -67,11 +67,24 @@ def _per_channel(values, k: int) -> np.ndarray:
     return np.full(k, v.item()) if v.ndim == 0 else v
 
 
+def _static_padding(layer: nn.Module) -> nn.Module | None:
+    """The fixed zero padding a conv subclass applies before convolving (EfficientNet's
+    ``Conv2dStaticSamePadding``: ``static_padding`` is a ``ZeroPad2d`` or an identity), else None."""
+    pad = getattr(layer, "static_padding", None)
+    if not isinstance(layer, nn.Conv2d) or type(layer) is nn.Conv2d or not isinstance(pad, nn.Module):
+        return None
+    if isinstance(pad, nn.ZeroPad2d) or (not list(pad.parameters()) and type(pad).__name__ == "Identity"):
+        return pad
+    return None
+
+
 class KernelLayer(nn.Module):
     """The layer run by :mod:`aciq.kernels`: integer weight codes, activations quantized as they load.
 
     Needs the input site (``act_site="input"``), every bit-width in 1..8, integer weights (no ``seed``-form
-    bias correction) and a plain ``nn.Conv2d`` (zero padding) or ``nn.Linear``.
+    bias correction) and a plain ``nn.Conv2d`` (zero padding) or ``nn.Linear``, or a conv that zero-pads its
+    input with a fixed ``static_padding`` first (EfficientNet's "same" padding: the pad runs in torch, on the
+    input's device; a padded 0 quantizes to the zero point, whose value is 0, as in the fake path).
 
     Accumulation: ``mode="integer"`` (exact int32 sums of code products, then the scales once) when the
     input grid is per tensor and ``K`` is within the int32 bound, else ``"mixed"`` (per-channel input
@@ -92,9 +105,12 @@ class KernelLayer(nn.Module):
         name = q.name
         if q.act_in is None or q.codes is None:
             raise ValueError(f"layer {name}: the kernels backend needs quantized weights and inputs")
-        if type(layer) not in (nn.Conv2d, nn.Linear) or getattr(layer, "padding_mode", "zeros") != "zeros":
-            raise ValueError(f"layer {name}: the kernels backend runs plain nn.Conv2d (zero padding) and "
-                             f"nn.Linear, not {type(layer).__name__}")
+        self.pre = _static_padding(layer)
+        if (type(layer) not in (nn.Conv2d, nn.Linear) and self.pre is None) \
+                or getattr(layer, "padding_mode", "zeros") != "zeros":
+            raise ValueError(f"layer {name}: the kernels backend runs plain nn.Conv2d (zero padding), nn.Linear "
+                             f"and convs that zero-pad with a fixed static_padding first, not "
+                             f"{type(layer).__name__}")
         wg, ag = q.weight_grid, q.act_in
         if np.any(wg.bits == 0) or np.any(ag.bits == 0):
             raise ValueError(f"layer {name}: a channel has 0 bits; the kernels need 1..8 bits")
@@ -158,6 +174,8 @@ class KernelLayer(nn.Module):
 
     def forward(self, x):
         x = x.detach()
+        if self.pre is not None:
+            x = self.pre(x)
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.float().contiguous()
         out = torch.empty(self._out_shape(tuple(x.shape)), dtype=torch.float32, device=x.device)

@@ -100,6 +100,40 @@ def test_backend_can_be_forced_and_is_checked():
         layer.backend = "tpu"
 
 
+class StaticPadConv(nn.Conv2d):
+    """EfficientNet-Lite's Conv2dStaticSamePadding: a fixed (asymmetric) zero pad, then the conv."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d((0, 1, 0, 1))
+
+    def forward(self, x):
+        return nn.functional.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding,
+                                    self.dilation, self.groups)
+
+
+class OtherConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+@parent_only
+def test_static_same_padding_convs_run_on_the_kernels():
+    torch.manual_seed(2)
+    model = nn.Sequential(StaticPadConv(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(8 * 3 * 3, 5)).eval()
+    calib, x = torch.randn(8, 3, 7, 7), torch.randn(4, 3, 7, 7)
+    fake = quantize(model, PER_TENSOR, calib)
+    kern = quantize(model, PER_TENSOR, calib, backend="kernels")
+    assert _layers(kern)[0].pre is kern[0].layer.static_padding
+    with torch.no_grad():
+        a, b = fake(x), kern(x)
+    assert torch.allclose(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    other = nn.Sequential(OtherConv(3, 8, 3), nn.Flatten(), nn.Linear(8 * 5 * 5, 5)).eval()
+    with pytest.raises(ValueError, match="layer 0: the kernels backend runs plain nn.Conv2d.*not OtherConv"):
+        quantize(other, PER_TENSOR, calib, backend="kernels")
+
+
 @parent_only
 @pytest.mark.slow  # ~1-2 min: the simulator runs every GPU thread as a Python thread
 def test_cuda_seam_under_simulator():
