@@ -7,6 +7,10 @@ For each model and preset: quantize (the embedded protocol of :mod:`aciq.quant.e
   model on the evaluation inputs, the number of inputs that differ, the largest and mean |logit difference|,
   for each ONNX Runtime optimization level asked (``all`` = its default, QDQ fusions on; ``basic`` = every
   Q/DQ runs as written);
+* **noise floor** (``--noise-floor``): how much aciq's fake-quantized model disagrees with *itself* under a
+  change of float rounding alone: the same model in float64 (every grid unchanged), and one input at a time
+  instead of whole batches (other conv algorithms). ONNX Runtime sums in yet another order; where the model
+  itself flips at this rate, so does the file;
 * **speed**: one fixed batch through torch float, aciq fake-quant and the ONNX Runtime session, interleaved
   rounds after a warm-up, medians and the ratios to float from the same run (``--threads`` torch and ONNX
   Runtime intra-op threads).
@@ -18,7 +22,7 @@ crops, each fold with its own file. Presets: W4A8 (``w4a8-alloc-bias`` with the 
 W4A4 (``w4a4-all-ongrid``), W4A4 per tensor (``w4a4-pt-aciq``), and any ``*-best`` preset that exists.
 
 Usage: ``python benchmarks/bench_onnx.py [--models resnet20_fmnist efficientnet_lite0] [--limit N]
-[--presets ...] [--optimizations all basic] [--threads 1] [--repeat 5] [--json OUT]``. Timings never gate CI.
+[--presets ...] [--optimizations all basic] [--noise-floor] [--threads 1] [--repeat 5] [--json OUT]``. Timings never gate CI.
 """
 from __future__ import annotations
 
@@ -93,14 +97,27 @@ def time_three(model, qmodel, session, x, repeat):
     return {k: stat.median(v) for k, v in times.items()}
 
 
-def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder, log=print):
+@torch.no_grad()
+def noise_floor(qmodel, inputs, batch=256):
+    """Top-1 agreement (%) of the fake-quantized model with itself in float64, and at batch 1 vs ``batch``."""
+    import copy
+
+    ref = torch.cat([qmodel(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+    wide = copy.deepcopy(qmodel).double()
+    f64 = torch.cat([wide(inputs[i:i + batch].double()).float() for i in range(0, len(inputs), batch)])
+    ones = torch.cat([qmodel(inputs[i:i + 1]) for i in range(len(inputs))])
+    same = lambda a, b: int((a.argmax(1) == b.argmax(1)).sum())  # noqa: E731
+    return same(ref, f64), same(ref, ones)
+
+
+def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder, noise=False, log=print):
     rows = []
     torch.set_num_threads(threads)
     for model_name in models:
         model, folds, batch = (resnet20_folds if model_name == "resnet20_fmnist" else efficientnet_folds)(limit, seed)
         for name in presets:
             agree = {o: [] for o in optimizations}
-            export_s, timing, containers = 0.0, None, set()
+            export_s, timing, containers, floor = 0.0, None, set(), [0, 0, 0]
             for i, (calib, inputs) in enumerate(folds):
                 log(f"{model_name} {name} fold {i + 1}/{len(folds)}: quantize, export, compare on {len(inputs)}")
                 qmodel = quantize(model, _config(name), calib)
@@ -111,6 +128,9 @@ def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder,
                 containers |= set(info.containers())
                 for o in optimizations:
                     agree[o].append(compare_onnx(qmodel, path, inputs, optimization=o, threads=threads))
+                if noise:
+                    f64, ones = noise_floor(qmodel, inputs)
+                    floor = [floor[0] + f64, floor[1] + ones, floor[2] + len(inputs)]
                 if i == 0:
                     session = ort_session(path, threads=threads)
                     ort_run(session, batch[:1])
@@ -122,6 +142,9 @@ def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder,
                    "ort_vs_float": timing["onnxruntime"] / timing["float"],
                    "fake_vs_float": timing["fake-quant"] / timing["float"],
                    "ort_vs_fake": timing["onnxruntime"] / timing["fake-quant"]}
+            if noise:
+                row["fake32_vs_fake64"] = 100.0 * floor[0] / floor[2]
+                row["fake_batch1_vs_batched"] = 100.0 * floor[1] / floor[2]
             for o, parts in agree.items():
                 n = sum(p.n for p in parts)
                 row[f"{o}_n"] = n
@@ -136,6 +159,10 @@ def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder,
 
 def print_report(rows, optimizations):
     print("\nONNX Runtime (CPU) vs aciq fake-quant: top-1 agreement, logit differences; speed ratios from one run")
+    if rows and "fake32_vs_fake64" in rows[0]:
+        print("noise floor, aciq vs itself (top-1 agreement %): " + "; ".join(
+            f"{r['model']} {r['preset']}: float64 {r['fake32_vs_fake64']:.2f}, batch 1 {r['fake_batch1_vs_batched']:.2f}"
+            for r in rows))
     head = f"{'model':<18} {'preset':<16} {'opt':<5} {'n':>6} {'agree %':>8} {'differ':>6} {'max |dz|':>9} " \
            f"{'mean |dz|':>10}"
     print(head)
@@ -166,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="keep the .onnx files in this folder")
+    parser.add_argument("--noise-floor", action="store_true",
+                        help="also score aciq against itself in float64 and at batch 1 (see the docstring)")
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     args = parser.parse_args(argv)
     presets = args.presets or list(DEFAULT_PRESETS) + sorted(p for p in PRESETS if p.endswith("-best"))
@@ -176,7 +205,7 @@ def main(argv=None) -> int:
         folder = args.keep or tmp
         os.makedirs(folder, exist_ok=True)
         rows = run(args.models, presets, limit=args.limit, optimizations=args.optimizations,
-                   threads=args.threads, repeat=args.repeat, seed=args.seed, folder=folder)
+                   threads=args.threads, repeat=args.repeat, seed=args.seed, folder=folder, noise=args.noise_floor)
     print_report(rows, args.optimizations)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
