@@ -22,7 +22,8 @@ crops, each fold with its own file. Presets: W4A8 (``w4a8-alloc-bias`` with the 
 W4A4 (``w4a4-all-ongrid``), W4A4 per tensor (``w4a4-pt-aciq``), and any ``*-best`` preset that exists.
 
 Usage: ``python benchmarks/bench_onnx.py [--models resnet20_fmnist efficientnet_lite0] [--limit N]
-[--presets ...] [--optimizations all basic] [--noise-floor] [--threads 1] [--repeat 5] [--json OUT]``. Timings never gate CI.
+[--presets ...] [--optimizations all basic] [--noise-floor] [--threads 1] [--repeat 5] [--json OUT]``.
+Timings never gate CI.
 """
 from __future__ import annotations
 
@@ -161,7 +162,8 @@ def print_report(rows, optimizations):
     print("\nONNX Runtime (CPU) vs aciq fake-quant: top-1 agreement, logit differences; speed ratios from one run")
     if rows and "fake32_vs_fake64" in rows[0]:
         print("noise floor, aciq vs itself (top-1 agreement %): " + "; ".join(
-            f"{r['model']} {r['preset']}: float64 {r['fake32_vs_fake64']:.2f}, batch 1 {r['fake_batch1_vs_batched']:.2f}"
+            f"{r['model']} {r['preset']}: float64 {r['fake32_vs_fake64']:.2f}, "
+            f"batch 1 {r['fake_batch1_vs_batched']:.2f}"
             for r in rows))
     head = f"{'model':<18} {'preset':<16} {'opt':<5} {'n':>6} {'agree %':>8} {'differ':>6} {'max |dz|':>9} " \
            f"{'mean |dz|':>10}"

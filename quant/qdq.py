@@ -8,8 +8,9 @@ code of the quantized modules.
 
 * **Activations** (:class:`ActQDQ`) on the gemmlowp grid :math:`q = \operatorname{clamp}(\operatorname{rint}
   (x/s) + z, 0, 2^{M_c} - 1)`, :math:`\hat x = (q - z)s`: ``QuantizeLinear(x, s, z)`` (per tensor, or per
-  channel along ``axis``) into ``UINT8``, then, when a channel has fewer than 8 bits, ``Min(q, qmax)`` (per-channel clamp ranges express bit allocation), then
-  ``DequantizeLinear``; channels allocated 0 bits are set to their ``fill`` by a ``Where``.
+  channel along ``axis``) into ``UINT8``, then, when a channel has fewer than 8 bits, ``Min(q, qmax)``
+  (per-channel clamp ranges express bit allocation), then ``DequantizeLinear``; channels allocated 0 bits are
+  set to their ``fill`` by a ``Where``.
 * **Weights** (:class:`IntWeight`): aciq's own unsigned codes :math:`q \in [0, 2^{M_n} - 1]` are an
   initializer, with per-output-channel zero points and scales :math:`s_n \xi_n` (:math:`\xi` = the on-grid
   bias correction's scale factor), read by ``DequantizeLinear(axis=0)``. A channel allocated 0 bits stores
