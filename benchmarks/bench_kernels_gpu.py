@@ -80,21 +80,6 @@ def peak_bandwidth(name):
     return float("nan")
 
 
-class NS:
-    """Duck-typed QuantWeights / ActQuant / Epilogue (the kernel reads attributes only)."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-def pack_int4(q):
-    """Same layout as kernels/packing.py: field = code + 8, low nibble = even k."""
-    n, k = q.shape
-    f = np.full((n, 2 * ((k + 1) // 2)), 8, dtype=np.uint8)
-    f[:, :k] = (q.astype(np.int16) + 8).astype(np.uint8)
-    return np.ascontiguousarray(f[:, 0::2] | (f[:, 1::2] << 4))
-
-
 def layer_gemm(layer, batch):
     name, c, h, o, k, s, p = layer
     ho = (h + 2 * p - k) // s + 1
@@ -162,13 +147,16 @@ def bench_one(layer, batch, torch, F, kc, dev, timed, rng, check):
     # weights: 4-bit symmetric codes, per-output-channel scale
     q = rng.integers(-8, 8, size=(N, K), dtype=np.int8)
     w_scale = (rng.random(N) * 0.02 + 0.005).astype(np.float32)
-    weights = NS(codes=pack_int4(q), scale=w_scale, zero_point=np.zeros(N, np.int32), bits=BITS,
-                 k=K, n=N, packed=True)
+    from aciq.kernels.packing import pack_int4
+    from aciq.kernels.spec import ActQuant, QuantWeights
+
+    weights = QuantWeights(codes=pack_int4(q), scale=w_scale, zero_point=np.zeros(N, np.int32), bits=BITS,
+                           k=K, n=N, packed=True)
     a_scale_t = np.float32(4.0 / (2**BITS - 1))
-    act_int = NS(scale=np.full(K, a_scale_t, np.float32), zero_point=np.zeros(K, np.int32),
-                 bits=np.full(K, BITS, np.int32), signed=False)
-    act_mix = NS(scale=(a_scale_t * (0.5 + rng.random(K))).astype(np.float32),
-                 zero_point=np.zeros(K, np.int32), bits=np.full(K, BITS, np.int32), signed=False)
+    act_int = ActQuant(scale=np.full(K, a_scale_t, np.float32), zero_point=np.zeros(K, np.int32),
+                       bits=np.full(K, BITS, np.int32), signed=False)
+    act_mix = ActQuant(scale=(a_scale_t * (0.5 + rng.random(K))).astype(np.float32),
+                       zero_point=np.zeros(K, np.int32), bits=np.full(K, BITS, np.int32), signed=False)
     plan_mix = kc.CudaQGemm(weights, act_mix, mode="mixed")
     plan_int = kc.CudaQGemm(weights, act_int, mode="integer")
     if dev.type == "cuda":

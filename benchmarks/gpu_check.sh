@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check of aciq.kernels' CUDA backend (< 5 minutes). Run from the repo root:
+# One prepared GPU check of aciq.kernels' CUDA backend (< 12 minutes with the whole-model step). Run from the repo root:
 #
 #     bash benchmarks/gpu_check.sh
 #
@@ -25,9 +25,11 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH="/tmp/aciq_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-# put aciq.kernels on the path without installing (aciq is a namespace package)
+# put aciq on the path without installing (aciq is a namespace package); quant and theory serve step 5 only
 mkdir -p /tmp/aciq_path/aciq
 ln -sfn "$ROOT/kernels" /tmp/aciq_path/aciq/kernels
+ln -sfn "$ROOT/quant" /tmp/aciq_path/aciq/quant
+ln -sfn "$ROOT/theory" /tmp/aciq_path/aciq/theory
 export PYTHONPATH="/tmp/aciq_path${PYTHONPATH:+:$PYTHONPATH}"
 unset NUMBA_ENABLE_CUDASIM
 export PYTHONDONTWRITEBYTECODE=1
@@ -119,13 +121,20 @@ timeout 160 "$PY" benchmarks/bench_kernels_gpu.py --json "$OUT/bench_gpu.json" -
     | tee "$OUT/bench_gpu.log"
 RC[bench]=${PIPESTATUS[0]}
 
+# 5. whole models on the kernels (EfficientNet-Lite0 if its package is there, a ResNet-50-shaped net) at
+#    batch 1, 8, 64 against fake-quant and float; needs torchvision and scipy besides the above
+timeout 420 "$PY" benchmarks/bench_kernels_model.py --device cuda --json "$OUT/bench_model.json" --budget-s 300 \
+    2>&1 | tee "$OUT/bench_model.log"
+RC[bench_model]=${PIPESTATUS[0]}
+
 set +x
 echo
 echo "==================== gpu_check summary ($(( $(date +%s) - T0 )) s) ===================="
-for k in versions smoke tests_real_gpu conv_real_gpu bench; do
+for k in versions smoke tests_real_gpu conv_real_gpu bench bench_model; do
     printf '%-16s rc=%s\n' "$k" "${RC[$k]:-not run}"
 done
 echo "--- tests (tail)"; tail -n 15 "$OUT/test_cuda_real.log" 2>/dev/null
 echo "--- bench summary"; sed -n '/# summary/,$p' "$OUT/bench_gpu.log" 2>/dev/null | head -n 60
+echo "--- whole models"; sed -n '/# summary/,$p' "$OUT/bench_model.log" 2>/dev/null | head -n 30
 echo "outputs in $OUT:"; ls -la "$OUT"
 exit 0

@@ -5,8 +5,9 @@ clipped and quantized as they are loaded (per input channel scale, zero point an
 bit width), weights are integer codes prepared once (int8, or two 4-bit codes per
 byte), the epilogue adds bias, applies ReLU and optionally requantizes.
 
-Backends behind one signature: ``reference`` (numpy), ``cpu`` (numba),
-``cuda`` (numba-cuda); ``backend=None`` dispatches on where ``x`` lives.
+Backends behind one seam: ``reference`` (numpy), ``cpu`` (numba),
+``cuda`` (numba-cuda), each a module with the same functions and a ``Plan`` class
+(:mod:`aciq.kernels.api`); ``backend=None`` dispatches on where ``x`` lives.
 Importing this package imports neither torch nor numba.cuda; the backends load
 on first use.
 
@@ -19,12 +20,13 @@ Examples
 >>> np.round(qgemm(np.float32([[1.0, 0.5]]), w, act, mode="integer"), 4).tolist()
 [[1.0]]
 """
-from .api import BACKENDS, QuantConv2d, QuantLinear, qconv2d, qgemm, qgemm_int32, resolve_backend
+from .api import BACKENDS, QuantConv2d, QuantLinear, backend_module, qconv2d, qgemm, qgemm_int32, resolve_backend
 from .packing import NIBBLE_OFFSET, pack_int4, unpack_int4
 from .spec import ActQuant, Epilogue, QuantWeights, code_range, quantize_weights, unpack_codes
 
 __all__ = [
     "BACKENDS",
+    "backend_module",
     "ActQuant",
     "Epilogue",
     "QuantWeights",

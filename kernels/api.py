@@ -1,5 +1,12 @@
 """One signature, three backends: ``qgemm``, ``qconv2d`` and the layer wrappers.
 
+The backend seam: :data:`BACKENDS` names a module per backend (``reference``, ``cpu``, ``cuda``), each of which
+exports the same functions (``qgemm``, ``qgemm_int32``, ``qconv2d(x, weights, act, geom, ...)``) and a plan
+class ``Plan(weights, act, *, epilogue, mode, groups, kernel_size)`` with ``linear(x, out=...)`` and
+``conv(x, geom, out=...)``. This module only resolves the backend and calls its module; the arguments are
+validated by :mod:`aciq.kernels.spec` (``check_plan``, ``check_x``, ``check_x4``) and the conv geometry by
+:func:`aciq.kernels.conv.conv_geometry`.
+
 ``backend=None`` dispatches on where the data lives: ``"cuda"`` when ``x`` has
 ``__cuda_array_interface__`` (a numba device array, a CUDA torch tensor, a CuPy
 array), else ``"cpu"``. ``"reference"`` (numpy), ``"cpu"`` (numba) and
@@ -23,16 +30,31 @@ Examples
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from . import conv as _conv
-from .spec import (MODES, ActQuant, Epilogue, QuantWeights, check_operands, max_integer_k,
-                   quantize_weights)
+from .spec import ActQuant, Epilogue, QuantWeights, check_plan, check_x4, quantize_weights
 
-__all__ = ["BACKENDS", "resolve_backend", "qgemm", "qgemm_int32", "qconv2d", "QuantLinear",
+__all__ = ["BACKENDS", "backend_module", "resolve_backend", "qgemm", "qgemm_int32", "qconv2d", "QuantLinear",
            "QuantConv2d"]
 
-BACKENDS = ("reference", "cpu", "cuda")
+_MODULES = {"reference": "aciq.kernels.reference", "cpu": "aciq.kernels.cpu", "cuda": "aciq.kernels.cuda"}
+BACKENDS = tuple(_MODULES)
+
+
+def backend_module(name: str):
+    """The module of backend ``name`` (imported on first use: ``cuda`` loads numba-cuda).
+
+    Examples
+    --------
+    >>> backend_module("reference").__name__
+    'aciq.kernels.reference'
+    """
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {name!r}")
+    return importlib.import_module(_MODULES[name])
 
 
 def _is_device(x) -> bool:
@@ -70,16 +92,6 @@ def resolve_backend(x, backend=None) -> str:
     return backend
 
 
-def _module(backend: str):
-    if backend == "reference":
-        from . import reference as mod
-    elif backend == "cpu":
-        from . import cpu as mod
-    else:
-        from . import cuda as mod
-    return mod
-
-
 def qgemm(x, weights: QuantWeights, act: ActQuant, *, epilogue: Epilogue | None = None,
           mode: str = "mixed", backend: str | None = None, out=None):
     """Fused clip-quantize-GEMM ``y[M, N] = epilogue(sum_k a_hat[m, k] w_hat[n, k])``.
@@ -115,10 +127,8 @@ def qgemm(x, weights: QuantWeights, act: ActQuant, *, epilogue: Epilogue | None 
     [[[2.0]], [[2.0]], [[2.0]], [[2.0]]]
     """
     x = _as_array(x)
-    backend = resolve_backend(x, backend)
-    if backend != "cuda":
-        check_operands(x, weights, act, epilogue, mode)
-    return _module(backend).qgemm(x, weights, act, epilogue=epilogue, mode=mode, out=out)
+    mod = backend_module(resolve_backend(x, backend))
+    return mod.qgemm(x, weights, act, epilogue=epilogue, mode=mode, out=out)
 
 
 def qgemm_int32(x, weights: QuantWeights, act: ActQuant, *, backend: str | None = None):
@@ -133,26 +143,7 @@ def qgemm_int32(x, weights: QuantWeights, act: ActQuant, *, backend: str | None 
     [[762]]
     """
     x = _as_array(x)
-    backend = resolve_backend(x, backend)
-    if backend != "cuda":
-        check_operands(x, weights, act, None, "integer")
-    return _module(backend).qgemm_int32(x, weights, act)
-
-
-def _check_x4(x, name="x"):
-    shape = getattr(x, "shape", None)
-    dtype = getattr(x, "dtype", None)
-    if shape is None or len(shape) != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {shape}")
-    if np.dtype(dtype) != np.float32:
-        raise ValueError(f"{name} must be float32, got {dtype}")
-    if isinstance(x, np.ndarray) and not x.flags["C_CONTIGUOUS"]:
-        raise ValueError(f"{name} must be C-contiguous (no silent copy)")
-    if _is_device(x):
-        from numba import cuda
-
-        if not cuda.as_cuda_array(x).is_c_contiguous():
-            raise ValueError(f"{name} must be C-contiguous (no silent copy)")
+    return backend_module(resolve_backend(x, backend)).qgemm_int32(x, weights, act)
 
 
 def qconv2d(x, weights: QuantWeights, act: ActQuant, *, stride=1, padding=0, dilation=1,
@@ -179,43 +170,11 @@ def qconv2d(x, weights: QuantWeights, act: ActQuant, *, stride=1, padding=0, dil
     [[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]]
     """
     x = _as_array(x)
-    backend = resolve_backend(x, backend)
-    _check_x4(x)
+    mod = backend_module(resolve_backend(x, backend))
+    check_x4(x)
     geom = _conv.conv_geometry(tuple(x.shape), weights, act, stride=stride, padding=padding,
                                dilation=dilation, groups=groups, kernel_size=kernel_size)
-    epilogue = Epilogue() if epilogue is None else epilogue
-    _check_conv_args(weights, act, epilogue, mode, geom, accumulator)
-    if backend == "reference":
-        return _conv.qconv2d_reference(x, weights, act, geom, epilogue=epilogue, mode=mode,
-                                       accumulator=accumulator)
-    if backend == "cuda":
-        return _conv.qconv2d_cuda(x, weights, act, geom, epilogue=epilogue, mode=mode,
-                                  accumulator=accumulator)
-    from .cpu import CpuQGemm
-
-    plan = CpuQGemm(weights, act, epilogue=epilogue, mode=mode, groups=geom.groups,
-                    kernel_size=geom.kernel_size)
-    return plan.conv2d(x, stride=geom.stride, padding=geom.padding, dilation=geom.dilation,
-                       accumulator=accumulator)
-
-
-def _check_conv_args(weights, act, epilogue, mode, geom, accumulator):
-    """Mode / epilogue / overflow checks of a conv (those of :func:`check_operands`)."""
-    if not isinstance(epilogue, Epilogue):
-        raise ValueError(f"epilogue must be an Epilogue or None, got {type(epilogue).__name__}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "integer":
-        if not act.is_per_tensor:
-            raise ValueError("mode='integer' needs a per-tensor act scale and zero_point; "
-                             "use mode='mixed'")
-        kmax = max_integer_k(act, weights)
-        if weights.k > kmax:
-            raise ValueError(f"K={weights.k} may overflow the int32 accumulator in mode='integer' "
-                             f"(K must be <= {kmax} for these bit widths)")
-    if accumulator and mode != "integer":
-        raise ValueError("mode: accumulators are only defined for mode='integer'")
-    epilogue.bias_or_zeros(weights.n)
+    return mod.qconv2d(x, weights, act, geom, epilogue=epilogue, mode=mode, accumulator=accumulator)
 
 
 # ------------------------------------------------------------------ layers
@@ -224,7 +183,7 @@ class QuantLinear:
 
     ``__call__(x)`` accepts ``[..., K]`` (flattened to ``[M, K]``, a view for a
     contiguous ``x``). The backend plan (the CPU weight panel, the uploaded
-    CUDA parameters) is built on first use and kept by the layer.
+    CUDA parameters) is built on first use and kept by the layer, one per backend.
 
     Examples
     --------
@@ -236,11 +195,10 @@ class QuantLinear:
 
     def __init__(self, weights: QuantWeights, act: ActQuant, *, epilogue: Epilogue | None = None,
                  mode: str = "mixed", backend: str | None = None):
+        self.epilogue = check_plan(weights, act, epilogue, mode)
         self.weights, self.act, self.mode, self.backend = weights, act, mode, backend
-        self.epilogue = Epilogue() if epilogue is None else epilogue
-        check_operands(np.zeros((1, weights.k), np.float32), weights, act, self.epilogue, mode)
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+        if backend is not None:
+            backend_module(backend)
         self._plans = {}
 
     @classmethod
@@ -254,34 +212,35 @@ class QuantLinear:
                       out_zero_point=out_zero_point, out_signed=out_signed)
         return cls(w, act, epilogue=ep, mode=mode, backend=backend)
 
-    def _plan(self, backend):
+    def plan(self, backend: str):
+        """This layer's plan on ``backend`` (built once)."""
         if backend not in self._plans:
-            if backend == "cpu":
-                from .cpu import CpuQGemm as plan_cls
-            else:
-                from .cuda import CudaQGemm as plan_cls
-            self._plans[backend] = plan_cls(self.weights, self.act, epilogue=self.epilogue,
-                                            mode=self.mode)
+            self._plans[backend] = backend_module(backend).Plan(self.weights, self.act, epilogue=self.epilogue,
+                                                                mode=self.mode)
         return self._plans[backend]
 
-    def __call__(self, x):
+    def __call__(self, x, *, out=None, stream=None):
+        """``y[..., N]`` for ``x[..., K]``; ``out`` receives the result (``[M, N]`` or ``[..., N]``);
+        ``stream`` (CUDA only) orders the launches after the producer of ``x``."""
         x = _as_array(x)
         backend = resolve_backend(x, self.backend)
         shape = tuple(x.shape)
         if len(shape) < 1 or shape[-1] != self.weights.k:
             raise ValueError(f"x must have K={self.weights.k} as its last dimension, got shape {shape}")
         x2 = x.reshape(-1, self.weights.k) if len(shape) != 2 else x
-        if backend == "reference":
-            from . import reference
-
-            y = reference.qgemm(x2, self.weights, self.act, epilogue=self.epilogue, mode=self.mode)
-        else:  # the cpu and cuda plans validated weights/act/epilogue/mode once and check x per call
-            y = self._plan(backend)(x2)
+        o2 = out.reshape(-1, self.weights.n) if out is not None and len(shape) != 2 else out
+        kw = {} if stream is None else {"stream": stream}
+        y = self.plan(backend).linear(x2, out=o2, **kw)
+        if out is not None:
+            return out
         return y.reshape(shape[:-1] + (self.weights.n,)) if len(shape) != 2 else y
 
 
 class QuantConv2d:
     """A quantized ``Conv2d`` (stride, padding, dilation, groups) with weights prepared once.
+
+    The plan of each backend is built on first use; the geometry of each input shape (with the plan's
+    scratch for it, on CUDA) is worked out once and kept, so a repeated call does no set-up.
 
     Examples
     --------
@@ -294,21 +253,21 @@ class QuantConv2d:
     def __init__(self, weights: QuantWeights, act: ActQuant, *, stride=1, padding=0, dilation=1,
                  groups: int = 1, kernel_size=None, epilogue: Epilogue | None = None,
                  mode: str = "mixed", backend: str | None = None):
+        self.epilogue = check_plan(weights, act, epilogue, mode, conv=True)
         self.weights, self.act, self.mode, self.backend = weights, act, mode, backend
-        self.epilogue = Epilogue() if epilogue is None else epilogue
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+        if backend is not None:
+            backend_module(backend)
         self.stride = _conv.pair(stride, "stride", low=1)
         self.padding = _conv.pair(padding, "padding", low=0)
         self.dilation = _conv.pair(dilation, "dilation", low=1)
         self.groups = groups
-        # validate once on a minimal input
+        # validate the geometry once on a large input (kernel size, groups, channels)
         probe = (1, act.k, 1 << 12, 1 << 12)
         geom = _conv.conv_geometry(probe, weights, act, stride=stride, padding=padding,
                                    dilation=dilation, groups=groups, kernel_size=kernel_size)
-        _check_conv_args(weights, act, self.epilogue, mode, geom, False)
         self.kernel_size = geom.kernel_size
-        self._cpu = None
+        self._backend_plans = {}
+        self._plans = {}
 
     @classmethod
     def from_float(cls, weight, bias=None, *, weight_bits: int, act: ActQuant, stride=1, padding=0,
@@ -326,21 +285,30 @@ class QuantConv2d:
         return cls(w, act, stride=stride, padding=padding, dilation=dilation, groups=groups,
                    kernel_size=warr.shape[2:], epilogue=ep, mode=mode, backend=backend)
 
-    def __call__(self, x):
+    def plan(self, backend: str, shape: tuple):
+        """``(plan, geometry)`` for inputs of ``shape`` on ``backend``, cached per (backend, shape)."""
+        key = (backend, shape)
+        if key not in self._plans:
+            geom = _conv.conv_geometry(shape, self.weights, self.act, stride=self.stride, padding=self.padding,
+                                       dilation=self.dilation, groups=self.groups, kernel_size=self.kernel_size)
+            if backend not in self._backend_plans:   # the weight side: one per backend, shared by the shapes
+                self._backend_plans[backend] = backend_module(backend).Plan(
+                    self.weights, self.act, epilogue=self.epilogue, mode=self.mode, groups=geom.groups,
+                    kernel_size=geom.kernel_size)
+            self._plans[key] = (self._backend_plans[backend], geom)
+        return self._plans[key]
+
+    def output_shape(self, shape: tuple) -> tuple:
+        """``(N, O, H', W')`` for inputs of ``shape``."""
+        geom = _conv.conv_geometry(shape, self.weights, self.act, stride=self.stride, padding=self.padding,
+                                   dilation=self.dilation, groups=self.groups, kernel_size=self.kernel_size)
+        return (shape[0], self.weights.n) + geom.out_hw
+
+    def __call__(self, x, *, out=None, stream=None):
+        """``y[N, O, H', W']``; ``out`` receives it; ``stream`` (CUDA only) orders the launches."""
         x = _as_array(x)
         backend = resolve_backend(x, self.backend)
-        if backend != "cpu":
-            return qconv2d(x, self.weights, self.act, stride=self.stride, padding=self.padding,
-                           dilation=self.dilation, groups=self.groups, epilogue=self.epilogue,
-                           mode=self.mode, backend=backend, kernel_size=self.kernel_size)
-        _check_x4(x)
-        geom = _conv.conv_geometry(tuple(x.shape), self.weights, self.act, stride=self.stride,
-                                   padding=self.padding, dilation=self.dilation,
-                                   groups=self.groups, kernel_size=self.kernel_size)
-        if self._cpu is None:
-            from .cpu import CpuQGemm
-
-            self._cpu = CpuQGemm(self.weights, self.act, epilogue=self.epilogue, mode=self.mode,
-                                 groups=geom.groups, kernel_size=geom.kernel_size)
-        return self._cpu.conv2d(x, stride=geom.stride, padding=geom.padding,
-                                dilation=geom.dilation)
+        check_x4(x)
+        plan, geom = self.plan(backend, tuple(int(v) for v in x.shape))
+        kw = {} if stream is None else {"stream": stream}
+        return plan.conv(x, geom, out=out, **kw)

@@ -1,4 +1,4 @@
-"""Conv2d through the fused GEMM: geometry, im2col, and the per-backend drivers.
+"""Conv2d through the fused GEMM: geometry, im2col and group slicing, shared by every backend.
 
 A conv weight ``[O, C/groups, kh, kw]`` is quantized as the matrix
 ``weight.reshape(O, -1)`` (``K = C/groups * kh * kw``, order ``(c, ki, kj)``);
@@ -13,10 +13,10 @@ Zero padding contributes exactly 0 after dequantization (0.0 quantizes to the
 zero point, whose dequantized value is 0), which is what
 ``F.conv2d(fake_quantize(x), ...)`` with zero padding computes.
 
-How each backend lowers the conv (chosen by measurement, see the report of
+How each backend lowers the conv (its ``qconv2d`` and ``Plan.conv``; chosen by measurement, see the report of
 ``benchmarks/bench_kernels_cpu.py``):
 
-* ``reference``: explicit numpy im2col, then :func:`aciq.kernels.reference.qgemm`
+* ``reference``: explicit numpy im2col (:func:`im2col`), then :func:`aciq.kernels.reference.qgemm`
   per group -- clear, slow, the oracle;
 * ``cpu``: implicit GEMM (:class:`aciq.kernels.cpu.CpuQGemm`): the input is
   quantized once per element into a zero-padded tensor of codes, and each task
@@ -27,7 +27,7 @@ How each backend lowers the conv (chosen by measurement, see the report of
   over the padded planes, 1x1 stride-1 convs use the codes in place) and
   *channels* (vector along output channels, NHWC codes; few output pixels);
 * ``cuda``: im2col on the device (a small gather kernel, one group at a time),
-  the CUDA fused GEMM, and a scatter to NCHW.
+  the CUDA fused GEMM, and a scatter to NCHW (:class:`aciq.kernels.cuda.CudaPlan`).
 
 Examples
 --------
@@ -40,16 +40,15 @@ Examples
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import ActQuant, Epilogue, QuantWeights, check_operands
+from .spec import ActQuant, Epilogue, QuantWeights
 
 __all__ = ["pair", "conv_output_size", "infer_kernel_size", "im2col", "ConvGeometry",
-           "conv_geometry", "group_slice", "qconv2d_reference", "qconv2d_cuda"]
+           "conv_geometry", "group_slice", "act_of_group"]
 
 
 def pair(value, name: str, *, low: int) -> tuple[int, int]:
@@ -205,136 +204,9 @@ def group_slice(weights: QuantWeights, epilogue: Epilogue, g: int, groups: int):
     return w, e
 
 
-def _act_of_group(act: ActQuant, g: int, cg: int, taps: int) -> ActQuant:
+def act_of_group(act: ActQuant, g: int, cg: int, taps: int) -> ActQuant:
+    """The activation quantizer of group ``g``'s im2col columns (each channel repeated ``taps`` times)."""
     sl = slice(g * cg, (g + 1) * cg)
     sub = ActQuant(scale=act.scale[sl], zero_point=act.zero_point[sl], bits=act.bits[sl],
                    signed=act.signed)
     return sub.expand(taps)
-
-
-def qconv2d_reference(x, weights: QuantWeights, act: ActQuant, geom: ConvGeometry, *,
-                      epilogue: Epilogue | None = None, mode: str = "mixed",
-                      accumulator: bool = False) -> np.ndarray:
-    """Reference conv: numpy im2col + :func:`aciq.kernels.reference.qgemm` per group."""
-    from . import reference
-
-    epilogue = Epilogue() if epilogue is None else epilogue
-    x = np.asarray(x)
-    nb = x.shape[0]
-    ho, wo = geom.out_hw
-    kh, kw = geom.kernel_size
-    cg, groups = geom.c_per_group, geom.groups
-    parts = []
-    for g in range(groups):
-        cols = im2col(x[:, g * cg:(g + 1) * cg], kernel_size=geom.kernel_size, stride=geom.stride,
-                      padding=geom.padding, dilation=geom.dilation)
-        cols = np.ascontiguousarray(cols, dtype=np.float32)
-        w_g, e_g = group_slice(weights, epilogue, g, groups)
-        a_g = _act_of_group(act, g, cg, kh * kw)
-        if accumulator:
-            parts.append(reference.qgemm_int32(cols, w_g, a_g))
-        else:
-            parts.append(reference.qgemm(cols, w_g, a_g, epilogue=e_g, mode=mode))
-    y = np.concatenate(parts, axis=1)  # [N*H'*W', O]
-    return np.ascontiguousarray(y.reshape(nb, ho, wo, -1).transpose(0, 3, 1, 2))
-
-
-# ----------------------------------------------------------------------- cuda
-_cuda = None  # numba.cuda, bound on first use: importing this module must not load it
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_kernels():
-    """(im2col, scatter) device kernels, compiled on first use.
-
-    The kernels read ``numba.cuda`` through the module global ``_cuda`` (bound
-    here, lazily) because the CUDA simulator swaps module globals that hold
-    ``numba.cuda``, not closure variables.
-    """
-    global _cuda
-    import numba
-    from numba import cuda
-
-    _cuda = cuda
-
-    @cuda.jit
-    def im2col_kernel(x, c0, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
-        # cols[m, (c, i, j)] for m = (b, oh, ow); one thread per element
-        idx = _cuda.grid(1)
-        m_total = cols.shape[0]
-        kk = cols.shape[1]
-        if idx >= m_total * kk:
-            return
-        m = numba.int32(idx // kk)
-        k = numba.int32(idx - m * kk)
-        p_out = numba.int32(ho * wo)
-        b = numba.int32(m // p_out)
-        p = numba.int32(m - b * p_out)
-        oh = numba.int32(p // wo)
-        ow = numba.int32(p - oh * wo)
-        taps = numba.int32(kh * kw)
-        c = numba.int32(k // taps)
-        r = numba.int32(k - c * taps)
-        i = numba.int32(r // kw)
-        j = numba.int32(r - i * kw)
-        ih = numba.int32(oh * sh - ph + i * dh)
-        iw = numba.int32(ow * sw - pw + j * dw)
-        v = numba.float32(0.0)
-        if ih >= 0 and ih < x.shape[2] and iw >= 0 and iw < x.shape[3]:
-            v = x[b, c0 + c, ih, iw]
-        cols[m, k] = v
-
-    @cuda.jit
-    def scatter_kernel(y, o0, p_out, out):
-        # out[b, o0 + n, p] = y[b * p_out + p, n]
-        idx = _cuda.grid(1)
-        m_total = y.shape[0]
-        og = y.shape[1]
-        if idx >= m_total * og:
-            return
-        m = numba.int32(idx // og)
-        n = numba.int32(idx - m * og)
-        b = numba.int32(m // p_out)
-        p = numba.int32(m - b * p_out)
-        out[b, o0 + n, p] = y[m, n]
-
-    return im2col_kernel, scatter_kernel
-
-
-def qconv2d_cuda(x, weights: QuantWeights, act: ActQuant, geom: ConvGeometry, *,
-                 epilogue: Epilogue | None = None, mode: str = "mixed", accumulator: bool = False):
-    """CUDA conv: device im2col per group, the fused CUDA GEMM, scatter to NCHW.
-
-    ``x`` is a device array (numba or ``__cuda_array_interface__``) or a numpy
-    array (copied to the device; the result then comes back as numpy).
-    """
-    from numba import cuda
-
-    from . import cuda as kcuda
-
-    epilogue = Epilogue() if epilogue is None else epilogue
-    on_host = not hasattr(x, "__cuda_array_interface__")
-    xd = cuda.to_device(np.asarray(x)) if on_host else cuda.as_cuda_array(x)
-    nb = xd.shape[0]
-    ho, wo = geom.out_hw
-    kh, kw = geom.kernel_size
-    cg, groups, og = geom.c_per_group, geom.groups, geom.o_per_group
-    (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
-    m_total = nb * ho * wo
-    im2col_k, scatter_k = _cuda_kernels()
-    dtype = np.dtype(np.int32) if accumulator else epilogue.out_dtype
-    out = cuda.device_array((nb, weights.n, ho * wo), dtype=dtype)
-    cols = cuda.device_array((m_total, cg * kh * kw), dtype=np.float32)
-    threads = 256
-    for g in range(groups):
-        blocks = (cols.size + threads - 1) // threads
-        im2col_k[blocks, threads](xd, g * cg, cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
-        w_g, e_g = group_slice(weights, epilogue, g, groups)
-        a_g = _act_of_group(act, g, cg, kh * kw)
-        check_operands(cols, w_g, a_g, e_g, mode)
-        plan = kcuda.CudaQGemm(w_g, a_g, epilogue=e_g, mode=mode)
-        y = plan(cols, accumulator=True) if accumulator else plan(cols)
-        blocks = (m_total * og + threads - 1) // threads
-        scatter_k[blocks, threads](y, g * og, ho * wo, out)
-    out = out.reshape(nb, weights.n, ho, wo)
-    return out.copy_to_host() if on_host else out

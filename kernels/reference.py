@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import ActQuant, Epilogue, QuantWeights, check_operands, quantize_weights, unpack_codes  # noqa: F401
+from .conv import ConvGeometry, act_of_group, group_slice, im2col
+from .spec import (ActQuant, Epilogue, QuantWeights, check_accumulator, check_operands, check_plan,  # noqa: F401
+                   quantize_weights, unpack_codes)
 
-__all__ = ["quantize_activations", "quantize_values", "fake_quantize", "qgemm", "qgemm_int32"]
+__all__ = ["quantize_activations", "quantize_values", "fake_quantize", "qgemm", "qgemm_int32", "qconv2d", "Plan"]
 
 _CLAMP = np.float32(65536.0)
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -195,3 +197,56 @@ def _check_out(out, result: np.ndarray) -> None:
                          f"got {out.shape} {out.dtype}")
     if not out.flags["C_CONTIGUOUS"] or not out.flags["WRITEABLE"]:
         raise ValueError("out must be a writeable C-contiguous array")
+
+
+def qconv2d(x, weights: QuantWeights, act: ActQuant, geom: ConvGeometry, *, epilogue: Epilogue | None = None,
+            mode: str = "mixed", accumulator: bool = False, out=None) -> np.ndarray:
+    """Reference conv: explicit numpy im2col, then :func:`qgemm` (or :func:`qgemm_int32`) per group.
+
+    ``geom`` comes from :func:`aciq.kernels.conv.conv_geometry` (checked against ``x``'s shape there).
+    """
+    epilogue = check_plan(weights, act, epilogue, mode, conv=True)
+    check_accumulator(mode, accumulator)
+    x = np.asarray(x)
+    nb = x.shape[0]
+    ho, wo = geom.out_hw
+    kh, kw = geom.kernel_size
+    cg, groups = geom.c_per_group, geom.groups
+    parts = []
+    for g in range(groups):
+        cols = im2col(x[:, g * cg:(g + 1) * cg], kernel_size=geom.kernel_size, stride=geom.stride,
+                      padding=geom.padding, dilation=geom.dilation)
+        cols = np.ascontiguousarray(cols, dtype=np.float32)
+        w_g, e_g = group_slice(weights, epilogue, g, groups)
+        a_g = act_of_group(act, g, cg, kh * kw)
+        if accumulator:
+            parts.append(qgemm_int32(cols, w_g, a_g))
+        else:
+            parts.append(qgemm(cols, w_g, a_g, epilogue=e_g, mode=mode))
+    y = np.concatenate(parts, axis=1)  # [N*H'*W', O]
+    result = np.ascontiguousarray(y.reshape(nb, ho, wo, -1).transpose(0, 3, 1, 2))
+    if out is None:
+        return result
+    _check_out(out, result)
+    out[...] = result
+    return out
+
+
+class Plan:
+    """The reference backend behind the seam of :mod:`aciq.kernels.api`: nothing to prepare, each call runs
+    the numpy oracle (:func:`qgemm`, :func:`qconv2d`)."""
+
+    def __init__(self, weights: QuantWeights, act: ActQuant, *, epilogue: Epilogue | None = None,
+                 mode: str = "mixed", groups: int = 1, kernel_size=None):
+        self.epilogue = check_plan(weights, act, epilogue, mode, conv=kernel_size is not None)
+        self.weights, self.act, self.mode = weights, act, mode
+
+    def linear(self, x, *, out=None, accumulator: bool = False):
+        check_accumulator(self.mode, accumulator)
+        if accumulator:
+            return qgemm_int32(x, self.weights, self.act)
+        return qgemm(x, self.weights, self.act, epilogue=self.epilogue, mode=self.mode, out=out)
+
+    def conv(self, x, geom: ConvGeometry, *, out=None, accumulator: bool = False):
+        return qconv2d(x, self.weights, self.act, geom, epilogue=self.epilogue, mode=self.mode,
+                       accumulator=accumulator, out=out)

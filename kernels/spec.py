@@ -70,6 +70,9 @@ __all__ = [
     "quantize_weights",
     "unpack_codes",
     "check_x",
+    "check_x4",
+    "check_plan",
+    "check_accumulator",
     "check_operands",
     "max_integer_k",
 ]
@@ -582,6 +585,18 @@ def check_x(x, k: int, name: str = "x") -> None:
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray; no silent copy)")
 
 
+def check_x4(x, name: str = "x") -> None:
+    """A float32, 4-D (N, C, H, W), C-contiguous array (numpy or device; no silent copy)."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {shape}")
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"{name} must be float32, got {dtype}")
+    if not _is_c_contiguous(x):
+        raise ValueError(f"{name} must be C-contiguous (no silent copy)")
+
+
 def _is_c_contiguous(x) -> bool:
     flags = getattr(x, "flags", None)
     if flags is not None:
@@ -603,15 +618,15 @@ def _is_c_contiguous(x) -> bool:
     return False
 
 
-def check_operands(x, weights: QuantWeights, act: ActQuant, epilogue: Epilogue | None,
-                   mode: str) -> Epilogue:
-    """Validate one call of the op; return the epilogue (default: plain float32 output).
+def check_plan(weights: QuantWeights, act: ActQuant, epilogue: Epilogue | None, mode: str, *,
+               conv: bool = False) -> Epilogue:
+    """Validate the op's parameters once (everything but ``x``); return the epilogue (default: float32).
 
-    Raises ValueError naming the argument: ``weights``/``act``/``epilogue``
-    of the wrong type, ``act`` and ``weights`` with different ``K``, ``x`` not
-    float32 / 2-D / C-contiguous / of width ``K``, unknown ``mode``, integer
-    mode with per-channel scales or zero points, integer mode with ``K`` beyond
-    :func:`max_integer_k`, ``bias`` of the wrong length.
+    The one place every backend's plan checks its arguments. Raises ValueError naming the argument:
+    ``weights``/``act``/``epilogue`` of the wrong type, unknown ``mode``, ``act`` and ``weights`` with
+    different ``K`` (a GEMM; a conv's ``act`` has one entry per input channel, checked against ``x`` by
+    :func:`aciq.kernels.conv.conv_geometry`), ``bias`` of the wrong length, integer mode with per-channel
+    scales or zero points or with ``K`` beyond :func:`max_integer_k`.
     """
     if not isinstance(weights, QuantWeights):
         raise ValueError(f"weights must be a QuantWeights, got {type(weights).__name__}")
@@ -623,9 +638,8 @@ def check_operands(x, weights: QuantWeights, act: ActQuant, epilogue: Epilogue |
         raise ValueError(f"epilogue must be an Epilogue or None, got {type(epilogue).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if act.k != weights.k:
+    if not conv and act.k != weights.k:
         raise ValueError(f"act has K={act.k} channels but weights have K={weights.k}")
-    check_x(x, weights.k)
     epilogue.bias_or_zeros(weights.n)
     if mode == "integer":
         if not act.is_per_tensor:
@@ -634,4 +648,21 @@ def check_operands(x, weights: QuantWeights, act: ActQuant, epilogue: Epilogue |
         if weights.k > kmax:
             raise ValueError(f"K={weights.k} may overflow the int32 accumulator in mode='integer' "
                              f"(K must be <= {kmax} for these bit widths)")
+    return epilogue
+
+
+def check_accumulator(mode: str, accumulator: bool) -> None:
+    """Accumulators (int32) exist in integer mode only."""
+    if accumulator and mode != "integer":
+        raise ValueError("mode: accumulators are only defined for mode='integer'")
+
+
+def check_operands(x, weights: QuantWeights, act: ActQuant, epilogue: Epilogue | None,
+                   mode: str) -> Epilogue:
+    """Validate one call of the op (:func:`check_plan`, then ``x`` by :func:`check_x`); return the epilogue.
+
+    Raises ValueError naming the argument, ``x`` included: not float32 / 2-D / C-contiguous / of width ``K``.
+    """
+    epilogue = check_plan(weights, act, epilogue, mode)
+    check_x(x, weights.k)
     return epilogue

@@ -695,6 +695,68 @@ def _experiments() -> tuple:
     from .embedded import EXPERIMENTS
 
     return tuple(EXPERIMENTS)
+def _add_export(subparsers) -> None:
+    """``aciq export``: quantize one model and write it as a QDQ ONNX file (:func:`aciq.quant.export_onnx`)."""
+
+    def cmd(args) -> int:
+        _threads(args)
+        from .api import collect_statistics, convert, prepare
+        from .export import export_onnx
+        from .observe import Statistics
+        from .zoo import MODELS
+
+        if args.model not in MODELS:
+            raise ValueError(f"--model must be one of {list(MODELS)}, got {args.model!r}")
+        config = build_config(args.preset, _overrides(args))
+        if config is None:
+            raise ValueError("--preset float quantizes nothing: there is no integer model to export")
+        calib, loader, data_desc = _data(args, args.model)
+        model = _load(args.model, args.weights)
+        batches = [calib[i:i + args.batch_size] for i in range(0, len(calib), args.batch_size)]
+        p = prepare(model, batches[0], config)
+        stats = (Statistics.load(args.stats_load) if args.stats_load
+                 else collect_statistics(model, config, batches, prepared=p))
+        qmodel = convert(p, config, stats)
+        info = export_onnx(qmodel, batches[0][:2], args.out, opset=args.opset, int4=not args.no_int4)
+        row = {"model": args.model, "preset": args.preset or "custom", "config": config.describe(),
+               **info.to_dict()}
+        if args.check:
+            from .onnx_check import compare_onnx
+
+            x = torch.cat([b[0] for b in loader])
+            row["check"] = {"data": data_desc, **compare_onnx(qmodel, info.path, x, threads=args.threads).to_dict()}
+        if args.json:
+            print(json.dumps(row, default=str))
+        else:
+            print(f"{args.model} {row['preset']} [{row['config']}] -> {info.path} (opset {info.opset}, containers "
+                  f"{', '.join(info.containers())})")
+            if args.check:
+                c = row["check"]
+                print(f"ONNX Runtime vs aciq on {c['n']} inputs ({c['data']}): top-1 agreement {c['agreement']:.2f} % "
+                      f"({c['disagreements']} differ), max |logit diff| {c['max_logit_diff']:.4g}")
+        return 0
+
+    p = subparsers.add_parser("export", help="quantize one model and write it as a QDQ ONNX file",
+                              description="quantize one model and write it as a QDQ ONNX file: integer weights "
+                              "with per-channel scales, QuantizeLinear/DequantizeLinear activations")
+    p.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    p.add_argument("--model", required=True, help="one of the zoo's models (see aciq evaluate)")
+    p.add_argument("--weights", help="a local state-dict file (loaded with weights_only=True)")
+    p.add_argument("--stats-load", help="use statistics saved earlier (aciq evaluate --stats-save)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21; >= 21 for UINT4 weights)")
+    p.add_argument("--no-int4", action="store_true", help="4-bit weights in UINT8 instead of UINT4")
+    p.add_argument("--check", action="store_true",
+                   help="run the file in ONNX Runtime on the evaluation data and report its agreement with aciq")
+    p.add_argument("--data", help="ImageFolder path (ImageNet val), Fashion-MNIST root, or 'photos'")
+    p.add_argument("--calib-images", type=int, default=32, help="calibration images (default 32)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, help="--check on only the first N evaluation images")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for ImageFolder data")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    _add_config_options(p)
+    p.set_defaults(func=cmd)
 
 
 def register(subparsers) -> None:
@@ -769,3 +831,4 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
     p.add_argument("--formats", nargs="+", default=["png"], help="file formats, e.g. png pdf svg")
     p.set_defaults(func=_cmd_model_figures)
+    _add_export(subparsers)

@@ -52,7 +52,7 @@ def variants():
     """(name, kernel dispatcher, argument types) of every launchable specialisation."""
     from numba import types as T
 
-    from aciq.kernels import cuda as kc
+    from aciq.kernels import cuda_kernels as kc
 
     a1 = lambda dt: T.Array(dt, 1, "C")  # noqa: E731
     a2 = lambda dt: T.Array(dt, 2, "C")  # noqa: E731
@@ -68,32 +68,32 @@ def variants():
         return (a3(T.int32 if integer else T.float32), a1(T.float32), a1(T.float32),
                 a1(T.float32), T.boolean, T.float32, T.int32, T.int32, T.int32, outdt)
 
-    outs = {kc._OUT_FLOAT: ("float", T.float32), kc._OUT_CODE: ("codes", T.uint8),
-            kc._OUT_ACC: ("acc", T.int32)}
+    outs = {kc.OUT_FLOAT: ("float", T.float32), kc.OUT_CODE: ("codes", T.uint8),
+            kc.OUT_ACC: ("acc", T.int32)}
     result = []
     for integer in (True, False):
         for packed in (True, False):
             for kind, (kname, odt) in outs.items():
-                if kind == kc._OUT_ACC and not integer:
+                if kind == kc.OUT_ACC and not integer:
                     continue
                 tag = f"{'integer' if integer else 'mixed'}-{'int4' if packed else 'int8'}-{kname}"
                 wdt = T.uint8 if packed else T.int8
                 for tile in kc.TILE_NAMES:
-                    result.append((f"{tile}-{tag}", kc._tiled_kernel(integer, packed, kind, tile),
+                    result.append((f"{tile}-{tag}", kc.tiled_kernel(integer, packed, kind, tile),
                                    sig(wdt, a2(odt), True)))
-                for m in ((1, 2, kc.GEMV_MAX_M) if kind == kc._OUT_FLOAT else (kc.GEMV_MAX_M,)):
-                    result.append((f"gemv{m}-{tag}", kc._gemv_kernel(integer, packed, kind, m),
+                for m in ((1, 2, kc.GEMV_MAX_M) if kind == kc.OUT_FLOAT else (kc.GEMV_MAX_M,)):
+                    result.append((f"gemv{m}-{tag}", kc.gemv_kernel(integer, packed, kind, m),
                                    sig(T.uint32, a2(odt), False)))
             part = T.int32 if integer else T.float32
             for tile in kc.TILE_NAMES:
                 result.append((f"{tile}-{'integer' if integer else 'mixed'}-"
                                f"{'int4' if packed else 'int8'}-partial",
-                               kc._tiled_kernel(integer, packed, kc._OUT_PARTIAL, tile), sig(wdt, a3(part), True)))
+                               kc.tiled_kernel(integer, packed, kc.OUT_PARTIAL, tile), sig(wdt, a3(part), True)))
         for kind, (kname, odt) in outs.items():
-            if kind == kc._OUT_ACC and not integer:
+            if kind == kc.OUT_ACC and not integer:
                 continue
             result.append((f"splitk-{'integer' if integer else 'mixed'}-{kname}",
-                           kc._splitk_reduce_kernel(integer, kind), red_sig(integer, a2(odt))))
+                           kc.splitk_reduce_kernel(integer, kind), red_sig(integer, a2(odt))))
     return result
 
 

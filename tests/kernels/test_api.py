@@ -136,3 +136,35 @@ def test_layer_construction_rejects(rng):
         QuantConv2d.from_float(np.zeros((3, 4)), weight_bits=8, act=act)
     with pytest.raises(ValueError, match="groups"):
         QuantConv2d.from_float(np.zeros((3, 2, 1, 1)), weight_bits=8, act=act, groups=2)
+
+
+# ------------------------------------------------------------------ the backend seam
+def test_every_backend_module_exports_the_same_seam():
+    """One name -> module table; each module has qgemm, qgemm_int32, qconv2d and a Plan with linear/conv."""
+    code = ("import aciq.kernels as K, inspect; "
+            "mods = {b: K.backend_module(b) for b in ('reference', 'cpu')}; "
+            "print(all(callable(getattr(m, f)) for m in mods.values() "
+            "for f in ('qgemm', 'qgemm_int32', 'qconv2d')), "
+            "all(hasattr(m.Plan, 'linear') and hasattr(m.Plan, 'conv') for m in mods.values()))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.split() == ["True", "True"], res.stderr[-2000:]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        K.backend_module("tpu")
+
+
+def test_conv_layer_caches_plans_per_backend_and_shape(rng):
+    w = quantize_weights(rng.standard_normal((6, 2, 3, 3)).astype(np.float32), bits=4)
+    act = ActQuant.per_tensor(0.1, zero_point=0, bits=8, signed=True, k=4)
+    layer = QuantConv2d(w, act, padding=1, groups=2, mode="integer")
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    a = layer(x)
+    layer(x)
+    assert list(layer._plans) == [("cpu", (2, 4, 5, 5))]
+    layer(x[:1].copy())
+    ref_y = QuantConv2d(w, act, padding=1, groups=2, mode="integer", backend="reference")(x)
+    assert set(layer._plans) == {("cpu", (2, 4, 5, 5)), ("cpu", (1, 4, 5, 5))}
+    assert len(layer._backend_plans) == 1           # the weight side is prepared once per backend
+    np.testing.assert_array_equal(a, ref_y)          # integer mode: bit-exact across backends
+    out = np.empty_like(a)
+    assert layer(x, out=out) is not None and np.array_equal(out, a)   # the result lands in out
+    assert layer.output_shape((2, 4, 5, 5)) == a.shape

@@ -173,6 +173,7 @@ def test_requantize_epilogue(mode, out_signed):
 def test_split_k_matches_reference(mode):
     """K split over blocks (partials reduced in fixed order) gives the same result."""
     kc, ref, spec = _mods()
+    from aciq.kernels import cuda_kernels as kk
     rng = np.random.default_rng(11)
     m, n, k = (5, 9, 70) if not REAL else (49, 512, 4608)
     w = _weights(rng, n, k, 4, True)
@@ -180,7 +181,7 @@ def test_split_k_matches_reference(mode):
     x = _x(rng, m, k)
     plan = kc.CudaQGemm(w, a, mode=mode, split_k=3)
     path, splits, k_split = plan.kernel_for(m)
-    assert path in ("tiled32", "tiled64") and splits == 3 and k_split % kc.TILE[2] == 0
+    assert path in ("tiled32", "tiled64") and splits == 3 and k_split % kk.BK == 0
     r = ref.qgemm(x, w, a, mode=mode)
     if mode == "integer":
         np.testing.assert_array_equal(plan(x, accumulator=True), ref.qgemm_int32(x, w, a))
@@ -261,10 +262,11 @@ def test_device_arrays_in_device_array_out():
 @child_only
 def test_paths_cover_gemv_and_tiled():
     kc, _, _ = _mods()
+    from aciq.kernels import cuda_kernels as kk
     rng = np.random.default_rng(0)
     a = _act(rng, 16, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(1)[0] == "gemv"
-    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kc.GEMV_MAX_M + 1)[0] == "tiled64"
+    assert kc.CudaQGemm(_weights(rng, 4, 16, 4, True), a).kernel_for(kk.GEMV_MAX_M + 1)[0] == "tiled64"
     a7 = _act(rng, 7, (4,), False, per_tensor=True)
     assert kc.CudaQGemm(_weights(rng, 4, 7, 4, True), a7).kernel_for(1)[0] == "gemv"  # 4-byte rows
     a5 = _act(rng, 5, (4,), False, per_tensor=True)
@@ -272,14 +274,14 @@ def test_paths_cover_gemv_and_tiled():
     big = kc.CudaQGemm(_weights(rng, 2000, 16, 4, True), a)
     # 64 x 64 tiles unless forced (measured fastest on an H200); split-K when the tiles do not fill the SMs
     sms = big._sms
-    assert sms == (4 if kc._SIM else kc._sm_count())
+    assert sms == (4 if kk.SIM else kc.sm_count())
     for n_sms in (4, 132):
         big._sms = n_sms
         for m in (2000, 100, 5):
             path, splits, _ = big.kernel_for(m)
             assert path == "tiled64", (m, n_sms)
             tiles = math.ceil(2000 / 64) * math.ceil(m / 64)
-            assert (splits > 1) == (tiles < n_sms and big.k > kc.BK), (m, n_sms, splits)
+            assert (splits > 1) == (tiles < n_sms and big.k > kk.BK), (m, n_sms, splits)
     big._sms = sms
     forced = kc.CudaQGemm(_weights(rng, 2000, 16, 4, True), a, tile="tiled32")
     assert forced.kernel_for(100)[0] == "tiled32"
