@@ -94,6 +94,18 @@ def _rows_of(values, n: int) -> np.ndarray:
     return np.full(n, float(v)) if v.ndim == 0 else v.astype(np.float64)
 
 
+def runs_on_integers(q: LayerQuant) -> bool:
+    """Both the input and the weight of the layer are on integer grids (the exact path)."""
+    return q.act_in is not None and q.codes is not None and q.weight_grid is not None
+
+
+def settle_input_grid(layer: nn.Module, q: LayerQuant) -> None:
+    """Put on ``q`` the input grid the integer path runs (a dense layer's per-channel steps on a common unit),
+    so that every backend, the exporter and the report read the same grid. Idempotent."""
+    if runs_on_integers(q):
+        q.act_in = _IntegerPlan(layer, q).grid
+
+
 class _IntegerPlan:
     """How a layer runs on integer codes: the integer weight (multipliers folded in), the scale of each output
     row, the offset rows of the seed-form correction, the accumulation dtype, and the activation grid that the
@@ -191,7 +203,7 @@ class QuantizedLayer(nn.Module):
         self.quant = q
         self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
         self.channel_axis = -1 if isinstance(layer, nn.Linear) else 1
-        self.exact = q.act_in is not None and q.codes is not None and q.weight_grid is not None
+        self.exact = runs_on_integers(q)
         own_forward = type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward)
         self._plain = None if own_forward else ("linear" if isinstance(layer, nn.Linear) else "conv")
         if self.exact:
@@ -326,6 +338,7 @@ class KernelLayer(nn.Module):
         name = q.name
         if q.act_in is None or q.codes is None:
             raise ValueError(f"layer {name}: the kernels backend needs quantized weights and inputs")
+        settle_input_grid(layer, q)       # the fake backend's grid, so both backends quantize alike
         self.pre = _static_padding(layer)
         if (type(layer) not in (nn.Conv2d, nn.Linear) and self.pre is None) \
                 or getattr(layer, "padding_mode", "zeros") != "zeros":
