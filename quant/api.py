@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from . import sequential
-from .calibrate import candidate_errors, needs_spread, site_grid
+from .calibrate import site_grid
 from .clamp import ChannelClamp
 from .config import QuantConfig
 from .equalize import equalize, input_ranges
 from .fold import fold_and_trace, set_module
-from .hessian import hessian, patch_rows
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
-from .observe import Observer, Statistics
+from .observe import Statistics
 from .pairs import find_pairs
+from .passes import run_passes
 from .plan import make_plan, observed_sites
 from .trace import LAYER_TYPES, POOL_TYPES, RELU_TYPES, trace
 from .weights import quantize_weights
@@ -74,6 +74,7 @@ class Prepared:
     first: str | None = None
     last: str | None = None
     caps: dict = field(default_factory=dict)     # layer -> the known upper bound of its input (ReLU6, clamp)
+    activations: dict = field(default_factory=dict)  # layer -> (lo, hi) of the clamp-like activation it feeds
     equalization: object = None                  # the EqualizationReport, when the config equalizes
 
     def shapes(self) -> dict:
@@ -173,7 +174,28 @@ def prepare(model: nn.Module, example: torch.Tensor, config: QuantConfig, *,
     fused = {n: any(_relu_like(names[c]) for c in tr.consumers(n)) for n in layers}
     pools = [n for n in tr.order(POOL_TYPES) if n not in config.skip]
     return Prepared(model=m, layers=layers, pools=pools, fused=fused, folded=folded, first=first, last=last,
-                    caps=_input_caps(tr, names, layers, eq), equalization=eq)
+                    caps=_input_caps(tr, names, layers, eq), equalization=eq,
+                    activations={n: a for n in layers if (a := _output_activation(tr, names, n)) is not None})
+
+
+def _output_activation(tr, names: dict, layer: str):
+    """``(lo, hi)`` of the activation that alone consumes ``layer``'s output (a ReLU, ReLU6, Hardtanh or clamp
+    site, per channel for a clamp), or None."""
+    outs = {c.output for c in tr.calls if c.name == layer and c.output is not None}
+    users = [c for c in tr.calls if c.name != layer and outs.intersection(c.inputs)]
+    users = [c for c in users if not isinstance(names[c.name], nn.Identity)]
+    if len(users) != 1:
+        return None
+    call = users[0]
+    module = names[call.name]
+    if isinstance(module, ChannelClamp):
+        k = [c for c in tr.calls if c.name == call.name].index(call) % module.sites
+        return (getattr(module, f"lo_{k}").double().cpu().numpy(), getattr(module, f"hi_{k}").double().cpu().numpy())
+    if isinstance(module, nn.ReLU):
+        return 0.0, float("inf")
+    if isinstance(module, nn.Hardtanh):
+        return float(module.min_val), float(module.max_val)
+    return None
 
 
 def _relu_like(module: nn.Module) -> bool:
@@ -189,62 +211,6 @@ def _relu_like(module: nn.Module) -> bool:
 # --------------------------------------------------------------------------- statistics
 def _device(model: nn.Module) -> torch.device:
     return next((q.device for q in model.parameters()), torch.device("cpu"))
-
-
-@torch.no_grad()
-def _run_passes(p: Prepared, configs: list, batches: list):
-    """Pass 1 (moments; Hessians for float-mode GPTQ), then each config's plan, then passes 2 and 3 where any
-    plan needs them: one set of statistics serves every config."""
-    sites = list(dict.fromkeys(s for c in configs for s in observed_sites(p, c)))
-    observers = {}
-    for s in sites:
-        layer, _, where = s.rpartition(":")
-        observers[s] = Observer(s, hist_bins=None, cap=p.caps.get(layer) if where == "input" else None)
-    gptq = any(c.weight_rounding == "gptq" for c in configs)
-    hess = {n: None for n in p.layers} if gptq else {}
-    rows = {}
-    handles = []
-    for site, obs in observers.items():
-        name, _, where = site.rpartition(":")
-        module = p.model.get_submodule(name)
-        if where == "input":
-            def pre(m, args, o=obs, n=name):
-                o.record(args[0])
-                if o.phase == 1 and n in hess:
-                    h = hessian(m, args[0])
-                    hess[n] = h if hess[n] is None else hess[n] + h
-                    rows[n] = rows.get(n, 0) + patch_rows(m, args[0])
-            handles.append(module.register_forward_pre_hook(pre))
-        else:
-            handles.append(module.register_forward_hook(lambda m, args, out, o=obs: o.record(out)))
-    device = _device(p.model)
-    specs = {}
-    try:
-        for phase in (1, 2, 3):
-            if phase == 2:
-                first = {s: o.stats for s, o in observers.items()}
-                for c in configs:
-                    for site, spec in make_plan(p, c, first).act_sites().items():
-                        specs.setdefault(site, []).append(spec)
-                for site, obs in observers.items():
-                    wanted = [sp for sp in specs.get(site, ()) if needs_spread(sp)]
-                    kl = [sp.kl_bins for sp in wanted if sp.clipping == "kl"]
-                    obs.hist_bins = max(kl) if kl else None
-                    obs.phase = 2 if wanted else 0
-            if phase == 3:
-                for site, obs in observers.items():
-                    obs.candidates = {}
-                    for spec in specs.get(site, ()):
-                        obs.candidates.update(candidate_errors(obs.stats, spec))
-                    obs.phase = 3 if obs.candidates else 0
-            if not any(o.phase == phase for o in observers.values()):
-                continue
-            for x in batches:
-                p.model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-    return ({s: o.stats for s, o in observers.items()}, {n: h for n, h in hess.items() if h is not None}, rows)
 
 
 def collect_statistics(model: nn.Module, config, calibration_data, *, prepared: Prepared | None = None) -> Statistics:
@@ -267,9 +233,9 @@ def collect_statistics(model: nn.Module, config, calibration_data, *, prepared: 
                              f"absorb_bias ({_prepare_key(c)} vs {_prepare_key(configs[0])})")
     batches = as_batches(calibration_data)
     p = prepared if prepared is not None else prepare(model, batches[0], configs[0], calibration_data=batches)
-    stats, hess, rows = _run_passes(p, configs, batches)
-    return Statistics(sites=stats, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
-                      hessians=hess, hessian_rows=rows)
+    res = run_passes(p, configs, batches)
+    return Statistics(sites=res.sites, layers=p.shapes(), images=sum(int(b.shape[0]) for b in batches),
+                      hessians=res.hessians, hessian_rows=res.hessian_rows)
 
 
 def _prepare_key(config: QuantConfig) -> tuple:

@@ -13,6 +13,7 @@ from aciq.quant.clamp import ChannelClamp
 from aciq.quant.fake import grid_params
 from aciq.quant.hessian import hessian
 from aciq.quant.modules import QuantizedLayer
+from aciq.quant.sequential import activation_shift
 
 
 class StaticPad(nn.Conv2d):
@@ -94,18 +95,23 @@ def channel_means(y):
 # --------------------------------------------------------------------------- sequential calibration
 def test_empirical_correction_matches_the_float_means_on_the_calibration_data(net, images):
     """Each quantized layer's mean output per channel (its inputs from the quantized predecessors) equals the
-    float layer's (float inputs) on the calibration images; without the correction it does not."""
+    float layer's (float inputs) on the calibration images, after the ReLU6 it feeds where it feeds one (stem,
+    expand, dw), before it elsewhere (project, head: a functional ReLU, fc); without the correction it does not."""
     calib = images[:32]
     layers = ["stem", "expand", "dw", "project", "head", "fc"]
+    act = {"stem": 6.0, "expand": 6.0, "dw": 6.0}
+    post = lambda n, y: y.clamp(0, act[n]) if n in act else y   # noqa: E731
     ref = layer_outputs(prepare(net, calib[:1], SEQ).model, layers, calib)     # BN folded, as in the quantized
     q = quantize(net, SEQ, calib)
     got = layer_outputs(q, layers, calib)
     plain = layer_outputs(quantize(net, SEQ.replace(bias_correction="off"), calib), layers, calib)
     for name in layers:
-        want = channel_means(ref[name])
-        np.testing.assert_allclose(channel_means(got[name]), want, atol=2e-5 * np.abs(want).max() + 1e-6,
-                                   err_msg=name)
-    assert any(np.abs(channel_means(plain[n]) - channel_means(ref[n])).max() > 1e-3 for n in layers)
+        want = channel_means(post(name, ref[name]))
+        np.testing.assert_allclose(channel_means(post(name, got[name])), want,
+                                   atol=1e-3 * np.abs(want).max() + 1e-6, err_msg=name)
+        assert q.aciq_report[name]["bias_correction"]["after_activation"] == (name in act)
+    assert any(np.abs(channel_means(post(n, plain[n])) - channel_means(post(n, ref[n]))).max() > 1e-2
+               for n in layers)
 
 
 def test_sequential_result_does_not_depend_on_the_calibration_batching(net, images):
@@ -119,22 +125,31 @@ def test_sequential_result_does_not_depend_on_the_calibration_batching(net, imag
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
-def test_sequential_inputs_come_from_the_quantized_predecessors(net, images):
-    """The input grid of a later layer is fitted to the quantized stream, not the float one."""
+def test_sequential_input_grids_are_the_float_calibrations(net, images):
+    """The input grids come from the float statistics (the quantized stream's would carry upstream noise);
+    only the weights and the bias see the quantized predecessors."""
     calib = images[:16]
-    seq = quantize(net, SEQ.replace(act_clipping="minmax", bias_correction="off"), calib)
-    flt = quantize(net, SEQ.replace(act_clipping="minmax", bias_correction="off", calibration="float"), calib)
-    # the first layer sees the images either way; the head sees a different tensor
-    assert seq.stem.act_in.grid.scale == pytest.approx(flt.stem.act_in.grid.scale, rel=1e-12)
-    assert float(seq.head.act_in.grid.scale) != pytest.approx(float(flt.head.act_in.grid.scale), rel=1e-9)
-    # and it equals min/max of what the quantized predecessors feed it
-    fed = {}
-    h = seq.head.register_forward_pre_hook(lambda m, a: fed.__setitem__("x", a[0]))
-    with torch.no_grad():
-        seq(calib)
-    h.remove()
-    g, want = seq.head.act_in.grid, grid_params(float(fed["x"].min()), float(fed["x"].max()), 4)
-    assert float(g.scale) == pytest.approx(float(want.scale), rel=1e-6) and g.zero_point == want.zero_point
+    cfg = SEQ.replace(act_clipping="mix", bias_correction="off")
+    seq, flt = quantize(net, cfg, calib), quantize(net, cfg.replace(calibration="float"), calib)
+    for name in ("stem", "expand", "dw", "project", "head", "fc"):
+        a, b = seq.get_submodule(name).act_in.grid, flt.get_submodule(name).act_in.grid
+        np.testing.assert_array_equal(a.zero_point, b.zero_point, err_msg=name)
+        np.testing.assert_allclose(a.scale, b.scale, rtol=1e-12, err_msg=name)
+
+
+def test_activation_shift_matches_the_mean_after_the_clamp():
+    torch.manual_seed(3)
+    y = torch.randn(500, 4, 3) * torch.tensor([1.0, 2.0, 0.1, 5.0])[None, :, None] + 1.0
+    target = np.array([0.9, 3.0, 0.0, 6.5])          # the last is above the cap: moved to it
+    d = activation_shift(y, (0.0, 6.0), target, axis=1)
+    got = torch.clamp(y + torch.as_tensor(d)[None, :, None], 0, 6).double().mean(dim=(0, 2)).numpy()
+    np.testing.assert_allclose(got[:3], target[:3], atol=1e-9)
+    assert got[3] == pytest.approx(6.0) and got[2] == pytest.approx(0.0, abs=1e-12)
+    lo, hi = np.array([-1.0, 0.0, 0.0, 0.0]), np.array([1.0, np.inf, 2.0, 3.0])    # per channel, a plain ReLU
+    d = activation_shift(y, (lo, hi), np.array([0.2, 4.0, 1.0, 2.5]), axis=1)
+    clamped = torch.maximum(torch.minimum(y + torch.as_tensor(d)[None, :, None], torch.as_tensor(hi)[None, :, None]),
+                            torch.as_tensor(lo)[None, :, None])
+    np.testing.assert_allclose(clamped.double().mean(dim=(0, 2)).numpy(), [0.2, 4.0, 1.0, 2.5], atol=1e-9)
 
 
 def test_layer_never_called_is_named(images):
@@ -308,3 +323,17 @@ def test_gptq_keeps_nearest_rounding_where_the_hessian_is_underdetermined(net, i
     assert q.aciq_report["fc"]["rounding"].startswith("nearest (the Hessian has 4 samples for 12 inputs")
     np.testing.assert_array_equal(q.fc.quant.codes, near.fc.quant.codes)
     assert q.aciq_report["dw"]["rounding"] == "gptq"
+
+
+def test_float_calibration_names_a_layer_without_input(images):
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.fc((self.b(y) if x.shape[0] == 1 else y).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="layer b received no calibration input"):
+        quantize(Branch().eval(), preset("w4a4-naive"), images[:4])
