@@ -2,8 +2,8 @@
 
 Data per model:
 
-* ``resnet20_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's folder). Calibration on
-  ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
+* ``resnet20_fmnist``, ``mobilenet_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's
+  folder). Calibration on ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
 * ImageNet models with ``--data PATH``: an ImageFolder (ILSVRC2012 val: ``PATH/<synset>/*.JPEG`` or
   ``PATH/val/...``). Calibration on ``--calib-images`` images drawn (seeded) from the folder; they are
   removed from the evaluation set, so no scored image is ever used for statistics.
@@ -174,8 +174,10 @@ def _folder(spec, model_name):
 def _data(spec, model_name):
     if isinstance(spec.calib_images, bool) or spec.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
+    from .zoo import FASHION_MNIST
+
     try:
-        if model_name == "resnet20_fmnist":
+        if model_name in FASHION_MNIST:
             return _fmnist(spec, model_name)
         if spec.data in (None, "", "photos"):
             return _photos(spec, model_name)
@@ -339,7 +341,7 @@ def register(subparsers) -> None:
                               description="quantize one model and score it against its float original")
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.add_argument("--model", required=True, help="resnet18, resnet50, resnet101, vgg16, vgg16_bn, inception_v3, "
-                   "mobilenet_v2, efficientnet_lite0, resnet20_fmnist")
+                   "mobilenet_v2, efficientnet_lite0, resnet20_fmnist, mobilenet_fmnist")
     p.add_argument("--weights", help="a local state-dict file (loaded with weights_only=True)")
     p.add_argument("--stats-save", help="save the calibration statistics (<stem>.json + <stem>.npz)")
     p.add_argument("--stats-load", help="use statistics saved earlier instead of collecting them")
