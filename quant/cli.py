@@ -5,8 +5,8 @@ Each runs data-parallel under ``torchrun`` (:mod:`aciq.quant.distributed`) and l
 
 Data per model:
 
-* ``resnet20_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's folder). Calibration on
-  ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
+* ``resnet20_fmnist``, ``mobilenet_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's
+  folder). Calibration on ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
 * ImageNet models with ``--data PATH``: an ImageFolder (ILSVRC2012 val: ``PATH/<synset>/*.JPEG`` or
   ``PATH/val/...``). Calibration on ``--calib-images`` images drawn (seeded) from the folder; they are
   removed from the evaluation set, so no scored image is ever used for statistics.
@@ -187,8 +187,10 @@ def _data(spec, model_name, dist=None):
     dist = Dist() if dist is None else dist
     if isinstance(spec.calib_images, bool) or spec.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
+    from .zoo import FASHION_MNIST
+
     try:
-        if model_name == "resnet20_fmnist":
+        if model_name in FASHION_MNIST:
             return _fmnist(spec, model_name, dist)
         if spec.data in (None, "", "photos"):
             return _photos(spec, model_name, dist)
