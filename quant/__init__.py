@@ -7,11 +7,11 @@ length of the codes (``code_lengths(qmodel, data)``).
 """
 from .api import collect_statistics, convert, prepare, quantize
 from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
-from .fake import GridParams, fake_quantize, grid_params
+from .fake import GridParams, fake_quantize, grid_params, midtread_params
 from .fold import fold_batchnorm
 from .observe import Statistics
 from .report import code_lengths
 
 __all__ = ["quantize", "prepare", "collect_statistics", "convert", "QuantConfig", "PerTensor", "PerChannel",
            "PRESETS", "preset", "Statistics", "fold_batchnorm", "GridParams", "grid_params", "fake_quantize",
-           "code_lengths"]
+           "midtread_params", "code_lengths"]

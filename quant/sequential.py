@@ -27,7 +27,7 @@ from .calibrate import candidate_errors, needs_spread, site_grid
 from .config import QuantConfig
 from .fold import set_module
 from .hessian import hessian, patch_rows, patches
-from .modules import ActCodes, KernelLayer, QuantizedLayer, QuantizedOutput
+from .modules import ActCodes, KernelLayer, QuantizedLayer, QuantizedOutput, code_unit
 from .observe import Observer
 from .plan import layer_spec, pool_spec
 from .weights import quantize_weights
@@ -84,7 +84,7 @@ def _quantized_hessian(layer: nn.Module, grid, x: torch.Tensor) -> np.ndarray:
     codes = ActCodes(grid).to(x.device)(x).double()
     p = patches(layer, codes)
     h = torch.bmm(p.transpose(1, 2), p).cpu().numpy()
-    a = np.where(grid.bits == 0, grid.fill, grid.scale).astype(np.float64)
+    a = code_unit(grid)
     if np.ndim(a) == 0:
         return h * float(a) ** 2
     groups, k = h.shape[0], h.shape[1]
