@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from .config import (ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES, BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES,
-                     EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS, PerChannel, PerTensor, QuantConfig,
-                     preset)
+from .config import (ACT_BIAS_CORRECTION, ACT_QUANTIZERS, ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES,
+                     BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES, EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS,
+                     PerChannel, PerTensor, QuantConfig, preset)
 from .zoo import MODELS
 
 __all__ = ["register", "run", "sweep", "build_config"]
@@ -60,6 +60,8 @@ _OVERRIDES = {
     "half_range": ("half_range", lambda v: _HALF_RANGE_NAMES[v]),
     "act_site": ("act_site", None), "pool_bits": ("pool_bits", None),
     "mse_candidates": ("mse_candidates", None), "weight_quantizer": ("weight_quantizer", None),
+    "act_quantizer": ("act_quantizer", None), "act_bias_correction": ("act_bias_correction", None),
+    "allow_oracle": ("allow_oracle", None),
 }
 GRANULARITIES = ("tensor", "channel")
 _HALF_RANGE_NAMES = {"auto": "auto", "on": True, "off": False}   # option spelling -> HALF_RANGE value
@@ -91,7 +93,10 @@ def _add_config_options(p):
     g.add_argument("--act-granularity", choices=GRANULARITIES)
     g.add_argument("--weight-clipping", choices=CLIPPING_MODES)
     g.add_argument("--act-clipping", choices=CLIPPING_MODES)
-    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS)
+    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS,
+                   help="midtread: the seed's -mtq (needs --weight-bit-alloc paper|optimal)")
+    g.add_argument("--act-quantizer", choices=ACT_QUANTIZERS,
+                   help="midtread: the seed's -mtq (per-channel activations, --act-bit-alloc paper|optimal)")
     g.add_argument("--kstd", type=float)
     g.add_argument("--exact-prior", choices=EXACT_PRIORS)
     g.add_argument("--act-bit-alloc", choices=_ALLOC_NAMES)
@@ -101,6 +106,11 @@ def _add_config_options(p):
     g.add_argument("--alloc-budget", choices=ALLOC_BUDGETS)
     g.add_argument("--bias-correction", choices=BIAS_CORRECTION)
     g.add_argument("--bias-form", choices=BIAS_FORMS)
+    g.add_argument("--act-bias-correction", choices=ACT_BIAS_CORRECTION,
+                   help="the seed's -bca at conv outputs (--act-site output): calibration, or oracle (statistics of "
+                        "the scored batches: not deployable, needs --allow-oracle)")
+    g.add_argument("--allow-oracle", action="store_const", const=True, default=None,
+                   help="accept --act-bias-correction oracle (reproduces the seed; results use the scored data)")
     g.add_argument("--first-layer-bits", type=_opt_bits)
     g.add_argument("--last-layer-bits", type=_opt_bits)
     g.add_argument("--half-range", choices=tuple(_HALF_RANGE_NAMES))
@@ -230,7 +240,7 @@ def _quantize(spec, model, config: QuantConfig, calib, device, dist):
     stats = share_statistics(dist, make)
     if getattr(spec, "stats_save", None) and dist.is_main:
         stats.save(spec.stats_save)
-    qmodel = convert(p, config, stats, backend=spec.backend)
+    qmodel = convert(p, config, stats, backend=spec.backend, calibration_data=batches)
     check_identical(qmodel, dist)
     return qmodel, stats, (lambda: prepare(model, batches[0], config).model)
 

@@ -149,6 +149,18 @@ def test_sweep_from_python_raises_value_errors(argv, message):
 
     with pytest.raises(ValueError, match=message):
         sweep(argv)
+def test_sweep_rows_of_the_midtread_and_act_bias_presets(capsys, folder, weights, tmp_path):
+    """The seed's -mtq and -bca as sweep rows; the oracle row says so in its config column."""
+    names = ["w4a4-mtq", "seed-vlc-mtq", "seed-w4a4-bca", "seed-w4a4-bca-oracle"]
+    code, out = _run(capsys, "sweep", "--models", "mobilenet_v2", "--weights", str(weights), "--data", str(folder),
+                     "--presets", *names, "--calib-images", "3", "--batch-size", "4", "--no-progress",
+                     "--results", str(tmp_path / "s.csv"))
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["preset"] for r in rows] == names
+    assert all(0 <= float(r["agreement"]) <= 100 for r in rows)
+    assert "midtread" in rows[0]["config"] and "midtread" in rows[1]["config"]
+    assert "bca:calibration" in rows[2]["config"] and "ORACLE" in rows[3]["config"]
 
 
 def test_build_config_applies_only_the_given_options():
@@ -178,6 +190,8 @@ def test_option_choices_come_from_the_config_module():
         assert tuple(opts["alloc_budget"].choices) == c.ALLOC_BUDGETS
         assert tuple(opts["act_site"].choices) == c.ACT_SITES
         assert tuple(opts["weight_quantizer"].choices) == c.WEIGHT_QUANTIZERS
+        assert tuple(opts["act_quantizer"].choices) == c.ACT_QUANTIZERS
+        assert tuple(opts["act_bias_correction"].choices) == c.ACT_BIAS_CORRECTION
         assert tuple(opts["act_bit_alloc"].choices) == tuple("none" if r is None else r for r in c.ALLOCATION_RULES)
         assert opts["model"].help == ", ".join(MODELS)
         assert all(name in opts["preset"].help for name in c.PRESETS)
