@@ -7,7 +7,6 @@ activations quantized as they load). :class:`QuantizedOutput` quantizes the outp
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
@@ -241,7 +240,13 @@ class QuantizedLayer(nn.Module):
         else:
             self.act_in = FakeQuant(q.act_in) if q.act_in is not None else None
             quantized_io = self.act_in is not None or self.act_out is not None
-            self.float64 = copy.deepcopy(layer).double() if quantized_io else None
+            # the quantized layer computes in float64 (its sums round once); the float64 copies of its
+            # parameters are buffers outside the state dict, derived from the layer's own
+            self.wide = quantized_io
+            if quantized_io:
+                self.register_buffer("weight64", layer.weight.detach().double(), persistent=False)
+                b = None if layer.bias is None else layer.bias.detach().double()
+                self.register_buffer("bias64", b, persistent=False)
 
     def set_bias(self, bias: torch.Tensor) -> None:
         """Replace the bias (the empirical bias correction measures it after the layer is built)."""
@@ -249,8 +254,8 @@ class QuantizedLayer(nn.Module):
             self.layer.bias = nn.Parameter(bias.to(self.layer.weight.dtype), requires_grad=False)
             if self.exact:
                 self.out_bias = bias.to(self.out_bias.dtype).to(self.out_bias.device)
-            elif self.float64 is not None:
-                self.float64.bias = nn.Parameter(bias.double(), requires_grad=False)
+            elif self.wide:
+                self.bias64 = bias.double().to(self.weight64.device)
         self.quant.bias = self.layer.bias.detach()
 
     def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,13 +289,20 @@ class QuantizedLayer(nn.Module):
         dtype = x.dtype
         if self.act_in is not None:
             x = self.act_in(x)
-        if self.float64 is None:
+        if not self.wide:
             return self.layer(x)
-        y = self.float64(x.double())
+        y = self._wide_forward(x.double())
         if self.act_out is not None:
             y_hat = self.act_out(y)
             y = y_hat if self.act_bias is None else self.act_bias(y, y_hat)
         return y.to(dtype)
+
+    def _wide_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._plain == "conv":
+            return self.layer._conv_forward(x, self.weight64, self.bias64)
+        if self._plain == "linear":
+            return F.linear(x, self.weight64, self.bias64)
+        return functional_call(self.layer, {"weight": self.weight64, "bias": self.bias64}, (x,))
 
     def set_act_bias(self, module: nn.Module) -> None:
         """Attach the activation bias correction of the quantized output (:mod:`aciq.quant.actbias`)."""
