@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aciq-installed
+# torch threads of the results tables (they are identical for a fixed thread count; the tables state it)
+THREADS ?= 2
 
-.PHONY: venv data reproduce figures results test test-fast bench screenshot clean
+.PHONY: venv data reproduce reproduce-clean figures results results-full test test-fast bench screenshot clean
 
 # Fashion-MNIST (the embedded labelled benchmark) comes from Debian's dataset-fashion-mnist package;
 # ACIQ_FASHION_MNIST=<folder with the four IDX .gz files> skips the install.
@@ -25,18 +27,26 @@ data:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; fi
 
 ## The main job: every theory table and figure, the embedded models' weight figures and results tables.
+## Finished rows are cached under figures/.cache: an interrupted run resumes; `make reproduce-clean` forgets them.
 reproduce: $(STAMP) data
 	$(BIN)/aciq figures --out figures/
 	$(BIN)/aciq tables --out figures/
 	$(BIN)/aciq model-figures --model resnet20_fmnist efficientnet_lite0 --out figures/
-	$(BIN)/aciq results --out figures/
+	$(BIN)/aciq results --out figures/ --threads $(THREADS)
+
+reproduce-clean:
+	rm -rf figures/.cache
 
 figures: $(STAMP)
 	$(BIN)/aciq figures --out figures/
 	$(BIN)/aciq tables --out figures/
 
 results: $(STAMP) data
-	$(BIN)/aciq results --out figures/
+	$(BIN)/aciq results --out figures/ --threads $(THREADS)
+
+## The longer grid: also the seed's conventions and the per-tensor calibrators (results-*.md, same files).
+results-full: $(STAMP) data
+	$(BIN)/aciq results --out figures/ --threads $(THREADS) --grid full
 
 ## The whole test suite: unit, property, doctests, PTX, simulator and notebooks.
 test: $(STAMP) data

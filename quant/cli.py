@@ -19,6 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import sys
 import time
 
 import torch
@@ -679,7 +680,15 @@ def _cmd_results(args) -> int:
     from .embedded import EXPERIMENTS, run_all
 
     only = args.only or list(EXPERIMENTS)
-    paths = run_all(args.out, only=only, quick=args.quick, progress=not args.no_progress)
+    t0 = time.perf_counter()
+    paths, timings = run_all(args.out, only=only, grid=args.grid, progress=not args.no_progress,
+                             cache=not args.no_cache)
+    done = [t for t in timings if not t["cached"]]
+    spent = {k: sum(t[k] for t in done) for k in ("statistics", "calibrate", "evaluate")}
+    print(f"{len(done)} rows computed, {len(timings) - len(done)} from the cache, in "
+          f"{time.perf_counter() - t0:.0f} s with {torch.get_num_threads()} torch threads (shared statistics "
+          f"{spent['statistics']:.0f} s, calibration {spent['calibrate']:.0f} s, evaluation {spent['evaluate']:.0f} s)",
+          file=sys.stderr)
     for p in paths:
         print(p)
     return 0
@@ -701,6 +710,12 @@ def _cmd_model_figures(args) -> int:
                                         formats=args.formats)]
     print(json.dumps(rows) if args.json else "\n".join(r["path"] for r in rows))
     return 0
+
+
+def _grids() -> tuple:
+    from .embedded import GRIDS
+
+    return tuple(GRIDS)
 
 
 def _experiments() -> tuple:
@@ -828,7 +843,11 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="(no effect: the tables are files)")
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
     p.add_argument("--only", nargs="+", choices=_experiments())
-    p.add_argument("--quick", action="store_true", help="fewer images and presets (a smoke run)")
+    p.add_argument("--grid", choices=_grids(), default="table",
+                   help="table: the paper's rows and the best recipes (default); full: also the seed's and the "
+                        "per-tensor calibrators' rows; quick: three rows on fewer images (a smoke run)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute every row (default: reuse the rows finished under OUT/.cache/results)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=_cmd_results)

@@ -434,6 +434,18 @@ class QuantConfig:
 _PC_W, _PC_A, _PT = PerChannel(axis=0), PerChannel(axis=1), PerTensor()
 _SEED = dict(act_site="output", first_layer_bits=8, last_layer_bits=8, pool_bits=8)
 
+_SEQ = dict(calibration="sequential", bias_correction="empirical")
+_MSE = dict(mse_candidates=50)
+_BEST_PT = {
+    # 4-bit weights: MSE-clipped per-channel weight grids, layers quantized in order, each layer's bias matching
+    # the float mean output after the activation it feeds
+    "w4a8-best": QuantConfig(weight_bits=4, act_bits=8, weight_clipping="mse", **_MSE, **_SEQ),
+    # 4-bit activations only: per-tensor MSE-optimal clipping of the float statistics
+    "w8a4-best": QuantConfig(weight_bits=8, act_bits=4, act_clipping="mse", **_MSE),
+    "w4a4-best": QuantConfig(weight_bits=4, act_bits=4, weight_clipping="mse", act_clipping="mse", **_MSE, **_SEQ),
+}
+_BEST = {**_BEST_PT, **{f"{k}-pc": v.replace(act_granularity=PerChannel(axis=1)) for k, v in _BEST_PT.items()}}
+
 PRESETS: dict[str, QuantConfig] = {
     # --- the seed's README (ResNet-50), its act_site="output" convention and 8-bit pooling/first/last
     # RM:51-55  -pcq_w -pcq_a --qtype int4 -qw int4                       (62.15 / 84.25)
@@ -498,6 +510,9 @@ PRESETS: dict[str, QuantConfig] = {
     # --- the seed's kmeans_quantization.py (per tensor there; per output channel here), with its mean correction
     "w4a8-kmeans": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans"),
     "w4a8-kmeans-bias": QuantConfig(weight_bits=4, act_bits=8, weight_quantizer="kmeans", bias_correction="mean"),
+    # --- the best recipes found without backprop (EfficientNet-Lite0 two-fold protocol; README "Best recipes"),
+    # per-tensor activations (what integer hardware runs), and -pc with per-channel activations
+    **_BEST,
 }
 
 PAPER_TABLE_PRESETS: dict[tuple[tuple[int, int], str], str] = {
