@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .evaluate import markdown_table
+from .evaluate import logits, markdown_table
 from .metrics import Accumulator
 
 __all__ = ["EXPERIMENTS", "TABLE_PRESETS", "run_all", "fmnist_table", "efficientnet_table"]
@@ -52,11 +52,6 @@ def _describe(name):
 
 
 @torch.no_grad()
-def _logits(model, x, batch=64):
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
-@torch.no_grad()
 def fmnist_table(*, presets=TABLE_PRESETS, calib_images: int = 64, limit: int | None = None, seed: int = 0,
                  progress: bool = True) -> list[dict]:
     """Rows of the Fashion-MNIST ResNet-20 table."""
@@ -74,14 +69,14 @@ def fmnist_table(*, presets=TABLE_PRESETS, calib_images: int = 64, limit: int | 
     x, y = fm.to_tensor(test_x), torch.as_tensor(test_y)
     if limit:
         x, y = x[:limit], y[:limit]
-    ref = _logits(model, x, 500)
+    ref = logits(model, x, batch_size=500)
     rows = []
     for name in tqdm(presets, desc="resnet20_fmnist", disable=not progress):
         cfg = _config(name)
         t0 = time.perf_counter()
         q = model if cfg is None else quantize(model, cfg, [calib[i:i + 32] for i in range(0, len(calib), 32)])
         calib_s = time.perf_counter() - t0
-        out = ref if cfg is None else _logits(q, x, 500)
+        out = ref if cfg is None else logits(q, x, batch_size=500)
         acc = Accumulator()
         acc.update(out, labels=y, reference=ref)
         rows.append({"preset": name, "config": _describe(name), "calib_s": calib_s, **acc.compute()})
@@ -105,7 +100,7 @@ def efficientnet_table(*, presets=TABLE_PRESETS, calib_crops: int = 8, eval_crop
         calib = ph.crop_batch(cal, model_name="efficientnet_lite0", n_per_photo=calib_crops, seed=seed)
         x, y = ph.photo_batch(ev, model_name="efficientnet_lite0")
         crops = ph.crop_batch(ev, model_name="efficientnet_lite0", n_per_photo=eval_crops, seed=seed + 1)
-        folds.append((calib, x, y, _logits(model, x), crops, _logits(model, crops)))
+        folds.append((calib, x, y, logits(model, x), crops, logits(model, crops)))
     rows = []
     for name in tqdm(presets, desc="efficientnet_lite0", disable=not progress):
         cfg = _config(name)
@@ -114,8 +109,8 @@ def efficientnet_table(*, presets=TABLE_PRESETS, calib_crops: int = 8, eval_crop
             t0 = time.perf_counter()
             q = model if cfg is None else quantize(model, cfg, [calib[i:i + 16] for i in range(0, len(calib), 16)])
             calib_s += time.perf_counter() - t0
-            labelled.update(ref_x if cfg is None else _logits(q, x), labels=y)
-            fidelity.update(ref_c if cfg is None else _logits(q, crops), reference=ref_c)
+            labelled.update(ref_x if cfg is None else logits(q, x), labels=y)
+            fidelity.update(ref_c if cfg is None else logits(q, crops), reference=ref_c)
         lab, fid = labelled.compute(), fidelity.compute()
         rows.append({"preset": name, "config": _describe(name), "top1": lab["top1"], "top5": lab["top5"],
                      "agreement": fid["agreement"], "mean_kl": fid["mean_kl"],
