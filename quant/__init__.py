@@ -9,11 +9,11 @@ length of the codes (``code_lengths(qmodel, data)``), :mod:`aciq.quant.export` f
 from .api import collect_statistics, convert, prepare, quantize
 from .config import PRESETS, PerChannel, PerTensor, QuantConfig, preset
 from .export import OnnxExport, export_onnx
-from .fake import GridParams, fake_quantize, grid_params
+from .fake import GridParams, fake_quantize, grid_params, midtread_params
 from .fold import fold_batchnorm
 from .observe import Statistics
 from .report import code_lengths
 
 __all__ = ["quantize", "prepare", "collect_statistics", "convert", "QuantConfig", "PerTensor", "PerChannel",
            "PRESETS", "preset", "Statistics", "fold_batchnorm", "GridParams", "grid_params", "fake_quantize",
-           "code_lengths", "export_onnx", "OnnxExport"]
+           "code_lengths", "export_onnx", "OnnxExport", "midtread_params"]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import sequential
+from .actbias import ActBiasCorrection, calibrate_act_bias
 from .calibrate import site_grid
 from .clamp import ChannelClamp
 from .config import QuantConfig
@@ -260,6 +261,9 @@ def _check_backend(config: QuantConfig, backend: str) -> None:
     if backend == "kernels" and config.weight_quantizer == "kmeans":
         raise ValueError("backend='kernels' runs uniform integer grids: weight_quantizer='kmeans' needs the "
                          "fake backend")
+    if backend == "kernels" and "midtread" in (config.weight_quantizer, config.act_quantizer):
+        raise ValueError("backend='kernels' runs grids of 2**bits levels: the mid-tread quantizer "
+                         "(weight_quantizer / act_quantizer='midtread') needs the fake backend")
     if backend == "kernels" and config.weights_off_grid:
         raise ValueError("backend='kernels' needs integer weights: use bias_form='on-grid' (the seed form moves "
                          "weights off the grid)")
@@ -279,9 +283,33 @@ def _finish(model: nn.Module, config: QuantConfig, report: dict, folded: list) -
     return model
 
 
-def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend: str = "fake") -> nn.Module:
-    """Swap every layer of the prepared copy for its quantized version (float-model statistics)."""
+def _attach_act_bias(p: Prepared, plan, report: dict, calibration_data) -> None:
+    """The activation bias corrections (``-bca``) of the quantized conv outputs; calibrated on
+    ``calibration_data`` (the ``calibration`` form) once every layer is quantized."""
+    specs = {n: s for n, s in plan.layers.items() if s.act_bias != "off"}
+    for name, spec in specs.items():
+        module = p.model.get_submodule(name)
+        channels = module.layer.weight.shape[0]
+        corr = ActBiasCorrection(channels, mode=spec.act_bias, relu=spec.relu, axis=1, name=name)
+        module.set_act_bias(corr.to(_device(p.model)))
+        report[name]["act_bias_correction"] = corr.record()
+    if not specs or calibration_data is None:
+        return
+    for name, rec in calibrate_act_bias(p.model, as_batches(calibration_data)).items():
+        report[name]["act_bias_correction"] = rec
+
+
+def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend: str = "fake",
+            calibration_data=None) -> nn.Module:
+    """Swap every layer of the prepared copy for its quantized version (float-model statistics).
+
+    ``calibration_data`` is read only by ``act_bias_correction="calibration"``, whose shifts are measured on
+    the quantized model.
+    """
     _check_backend(config, backend)
+    if config.act_bias_correction == "calibration" and calibration_data is None:
+        raise ValueError("act_bias_correction='calibration' runs the quantized model on the calibration data: "
+                         "give calibration_data")
     if config.calibration != "float":
         raise ValueError("convert() reads float-model statistics; calibration='sequential' quantizes while it "
                          "observes: use quantize() (or aciq.quant.sequential.calibrate)")
@@ -307,6 +335,7 @@ def convert(p: Prepared, config: QuantConfig, statistics: Statistics, *, backend
     for name in plan.pools:
         module = QuantizedOutput(p.model.get_submodule(name), grids[f"{name}:pool"][0])
         set_module(p.model, name, module.to(_device(p.model)))
+    _attach_act_bias(p, plan, report, calibration_data)
     return _finish(p.model, config, report, p.folded)
 
 
@@ -358,5 +387,6 @@ def quantize(model: nn.Module, config: QuantConfig, calibration_data=None, *, st
         return _finish(p.model, config, report, p.folded)
     if statistics is None:
         statistics = collect_statistics(model, config, batches, prepared=p)
-    return convert(p, config, statistics, backend=backend)
+    return convert(p, config, statistics, backend=backend,
+                   calibration_data=None if calibration_data is None else batches)
 

@@ -48,6 +48,7 @@ class SiteSpec:
     mse_candidates: int = 100
     kl_bins: int = 2048
     cap: object = None           # float or per-channel array: the site is the output of a ReLU6 / clamp
+    quantizer: str = "uniform"   # "uniform": the gemmlowp grid; "midtread": eq. 10 bins (aciq.quant.midtread)
 
 
 def error_key(spec: SiteSpec) -> str:
@@ -197,7 +198,7 @@ def _errors(stats: SiteStats, spec: SiteSpec) -> np.ndarray:
 def _grid_rows(grid: GridParams, rows: slice) -> GridParams:
     """The per-channel ``grid`` restricted to the channels ``rows``."""
     return GridParams(scale=grid.scale[rows], zero_point=grid.zero_point[rows], bits=grid.bits[rows],
-                      fill=grid.fill[rows], axis=grid.axis)
+                      fill=grid.fill[rows], axis=grid.axis, qmax=grid.qmax[rows])
 
 
 def candidate_errors(stats: SiteStats, spec: SiteSpec):
@@ -244,6 +245,10 @@ def allocate_bits(alphas: np.ndarray, spec: SiteSpec) -> np.ndarray:
 def site_grid(stats: SiteStats, spec: SiteSpec, *, axis: int | None) -> tuple[GridParams, dict]:
     """The grid of one site, and a record of how it was chosen (JSON-able)."""
     view = stats if spec.per_channel else stats.tensor()
+    if spec.quantizer == "midtread":
+        from .midtread import midtread_grid
+
+        return midtread_grid(view, spec, axis=axis if spec.per_channel else None)
     bits = np.full(view.channels, spec.bits, np.int64)
     info = {"clipping": spec.clipping, "half_range": spec.half, "fused_relu": spec.fused,
             "per_channel": spec.per_channel}
@@ -257,5 +262,5 @@ def site_grid(stats: SiteStats, spec: SiteSpec, *, axis: int | None) -> tuple[Gr
     grid = grid_params(lo, hi, bits, fill=fill, axis=axis if spec.per_channel else None)
     if not spec.per_channel:
         grid = GridParams(scale=grid.scale[0], zero_point=grid.zero_point[0], bits=grid.bits[0],
-                          fill=grid.fill[0], axis=None)
+                          fill=grid.fill[0], axis=None, qmax=grid.qmax[0])
     return grid, info

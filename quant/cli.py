@@ -5,8 +5,8 @@ Each runs data-parallel under ``torchrun`` (:mod:`aciq.quant.distributed`) and l
 
 Data per model:
 
-* ``resnet20_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's folder). Calibration on
-  ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
+* ``resnet20_fmnist``, ``mobilenet_fmnist``: Fashion-MNIST (``--data`` root, default the Debian package's
+  folder). Calibration on ``--calib-images`` training images (seeded), evaluation on the 10 000 test images.
 * ImageNet models with ``--data PATH``: an ImageFolder (ILSVRC2012 val: ``PATH/<synset>/*.JPEG`` or
   ``PATH/val/...``). Calibration on ``--calib-images`` images drawn (seeded) from the folder; they are
   removed from the evaluation set, so no scored image is ever used for statistics.
@@ -16,7 +16,8 @@ Data per model:
   (seed ``--seed`` + 1). Fidelity only (agreement, KL, SQNR against the float model); top-1 is absent.
 * ``--calib photos`` with an ImageFolder or a flat folder: calibration on ``--calib-images`` crops of all 20
   foolbox photos (crop 1 of every photo, then crop 2, ...) and every image of ``--data`` scored: the protocol
-  of a new user who calibrates on the photos at hand and deploys on others.
+  of a new user who calibrates on the photos at hand and deploys on others (a scored file with the bytes of a
+  foolbox photo is refused).
 * ImageNet models without ``--data`` (or ``--data photos``): the 20 labelled photos of foolbox's wheel;
   calibration on crops of photos 0-9, evaluation on photos 10-19.
 """
@@ -30,10 +31,10 @@ import time
 
 import torch
 
-from .config import (ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES, BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES,
-                     EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS, PerChannel, PerTensor, QuantConfig,
-                     preset)
-from .zoo import MODELS
+from .config import (ACT_BIAS_CORRECTION, ACT_QUANTIZERS, ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES,
+                     BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES, EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS,
+                     PerChannel, PerTensor, QuantConfig, preset)
+from .zoo import FASHION_MNIST, MODELS
 
 __all__ = ["register", "run", "sweep", "build_config"]
 
@@ -68,6 +69,8 @@ _OVERRIDES = {
     "half_range": ("half_range", lambda v: _HALF_RANGE_NAMES[v]),
     "act_site": ("act_site", None), "pool_bits": ("pool_bits", None),
     "mse_candidates": ("mse_candidates", None), "weight_quantizer": ("weight_quantizer", None),
+    "act_quantizer": ("act_quantizer", None), "act_bias_correction": ("act_bias_correction", None),
+    "allow_oracle": ("allow_oracle", None),
 }
 GRANULARITIES = ("tensor", "channel")
 _HALF_RANGE_NAMES = {"auto": "auto", "on": True, "off": False}   # option spelling -> HALF_RANGE value
@@ -99,7 +102,10 @@ def _add_config_options(p):
     g.add_argument("--act-granularity", choices=GRANULARITIES)
     g.add_argument("--weight-clipping", choices=CLIPPING_MODES)
     g.add_argument("--act-clipping", choices=CLIPPING_MODES)
-    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS)
+    g.add_argument("--weight-quantizer", choices=WEIGHT_QUANTIZERS,
+                   help="midtread: the seed's -mtq (needs --weight-bit-alloc paper|optimal)")
+    g.add_argument("--act-quantizer", choices=ACT_QUANTIZERS,
+                   help="midtread: the seed's -mtq (per-channel activations, --act-bit-alloc paper|optimal)")
     g.add_argument("--kstd", type=float)
     g.add_argument("--exact-prior", choices=EXACT_PRIORS)
     g.add_argument("--act-bit-alloc", choices=_ALLOC_NAMES)
@@ -109,6 +115,11 @@ def _add_config_options(p):
     g.add_argument("--alloc-budget", choices=ALLOC_BUDGETS)
     g.add_argument("--bias-correction", choices=BIAS_CORRECTION)
     g.add_argument("--bias-form", choices=BIAS_FORMS)
+    g.add_argument("--act-bias-correction", choices=ACT_BIAS_CORRECTION,
+                   help="the seed's -bca at conv outputs (--act-site output): calibration, or oracle (statistics of "
+                        "the scored batches: not deployable, needs --allow-oracle)")
+    g.add_argument("--allow-oracle", action="store_const", const=True, default=None,
+                   help="accept --act-bias-correction oracle (reproduces the seed; results use the scored data)")
     g.add_argument("--first-layer-bits", type=_opt_bits)
     g.add_argument("--last-layer-bits", type=_opt_bits)
     g.add_argument("--half-range", choices=tuple(_HALF_RANGE_NAMES))
@@ -248,11 +259,12 @@ def _check_data_options(spec, model_name) -> None:
     if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
         raise ValueError(f"--eval-crops must be >= 0, got {crops!r}")
     on_photos = spec.data in (None, "", "photos")
-    if calib == "photos" and (model_name == "resnet20_fmnist" or on_photos):
+    fmnist = model_name in FASHION_MNIST
+    if calib == "photos" and (fmnist or on_photos):
         raise ValueError("--calib photos calibrates an ImageNet model on foolbox's photos to score another "
                          "folder: give --data PATH (an ImageFolder or a flat folder of photos)"
-                         + (", not resnet20_fmnist" if model_name == "resnet20_fmnist" else ""))
-    if crops and (model_name == "resnet20_fmnist" or on_photos):
+                         + (f", not {model_name}" if fmnist else ""))
+    if crops and (fmnist or on_photos):
         raise ValueError("--eval-crops applies to a flat folder of photos given with --data PATH")
 
 
@@ -266,7 +278,7 @@ def _data(spec, model_name, dist=None):
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
     _check_data_options(spec, model_name)
     try:
-        if model_name == "resnet20_fmnist":
+        if model_name in FASHION_MNIST:
             return _fmnist(spec, model_name, dist)
         if spec.data in (None, "", "photos"):
             return _photos(spec, model_name, dist)
@@ -310,7 +322,7 @@ def _quantize(spec, model, config: QuantConfig, calib, device, dist):
     stats = share_statistics(dist, make)
     if getattr(spec, "stats_save", None) and dist.is_main:
         stats.save(spec.stats_save)
-    qmodel = convert(p, config, stats, backend=spec.backend)
+    qmodel = convert(p, config, stats, backend=spec.backend, calibration_data=batches)
     check_identical(qmodel, dist)
     return qmodel, stats, (lambda: prepare(model, batches[0], config).model)
 

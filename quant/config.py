@@ -12,6 +12,7 @@ which is what an integer GEMM consumes (:mod:`aciq.kernels`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from aciq.theory import PRIORS
@@ -19,8 +20,8 @@ from aciq.theory.allocation import BUDGETS
 
 __all__ = ["PerTensor", "PerChannel", "QuantConfig", "PRESETS", "PAPER_TABLE_PRESETS", "preset", "CLIPPING_MODES",
            "BIAS_CORRECTION", "BIAS_FORMS", "ALLOCATION_RULES", "ALLOC_BUDGETS", "EXACT_PRIORS", "HALF_RANGE",
-           "ACT_SITES", "WEIGHT_QUANTIZERS", "CALIBRATION_MODES", "WEIGHT_ROUNDING", "GPTQ_ORDERS", "EQUALIZE_RULES",
-           "ACT_CAPS"]
+           "ACT_SITES", "WEIGHT_QUANTIZERS", "ACT_QUANTIZERS", "CALIBRATION_MODES", "WEIGHT_ROUNDING", "GPTQ_ORDERS",
+           "EQUALIZE_RULES", "ACT_CAPS", "ACT_BIAS_CORRECTION", "MIDTREAD_CLIPPING", "MIDTREAD_MAX_BINS"]
 
 # Every list of choices lives here once (the CLI reads them too).
 CLIPPING_MODES = ("minmax", "laplace", "gauss", "mix", "kstd", "kl", "mse", "exact")
@@ -36,7 +37,12 @@ ALLOC_BUDGETS = BUDGETS
 EXACT_PRIORS = PRIORS
 HALF_RANGE = ("auto", True, False)
 ACT_SITES = ("input", "output")
-WEIGHT_QUANTIZERS = ("uniform", "kmeans")
+WEIGHT_QUANTIZERS = ("uniform", "kmeans", "midtread")
+ACT_QUANTIZERS = ("uniform", "midtread")
+ACT_BIAS_CORRECTION = ("off", "calibration", "oracle")
+MIDTREAD_CLIPPING = ("minmax", "laplace", "gauss", "exact")   # the others search windows for one bit-width
+MIDTREAD_MAX_BINS = 255                # bins of one mid-tread channel: codes 0..255, one byte
+_MIDTREAD_MAX_AVG = math.log2(MIDTREAD_MAX_BINS)
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,40 @@ class QuantConfig:
         Windows tried by ``mse`` (fractions k/n of the min/max window, k = 1..n).
     kl_bins : int
         Histogram bins of ``kl``.
-    weight_quantizer : {"uniform", "kmeans"}
+    weight_quantizer : {"uniform", "kmeans", "midtread"}
         ``uniform``: the gemmlowp grid above. ``kmeans``: a non-uniform codebook of :math:`2^{bits}` levels
         per output channel (``PerChannel``) or per tensor (``PerTensor``, the seed's
         ``kmeans_quantization.py``), fitted by 1-D k-means (:func:`aciq.theory.kmeans.kmeans_1d`);
         ``weight_clipping`` and ``weight_bit_alloc`` do not apply, bias correction keeps the ``seed`` form,
-        and only the fake backend runs it.
+        and only the fake backend runs it. ``midtread``: the seed's ``-mtq`` (:mod:`aciq.quant.midtread`), a
+        mid-tread grid of :math:`\\omega_i` bins (:math:`\\omega_i + 1` levels, any integer up to 255) per
+        output channel, allocated within the bins budget :math:`C\\,2^{\\bar M}` by ``weight_bit_alloc``:
+        ``paper`` (eq. 10 on the channels' std, rounded: the seed's) or ``optimal`` (the integer optimum of the
+        prior's error within the budget; needs ``weight_clipping`` ``laplace``, ``gauss`` or ``exact``). Needs
+        per-channel granularity, an allocation rule, ``alloc_budget="bins"``, nearest rounding and
+        :math:`\\bar M \\le \\log_2 255`; the first and last layers keep their 8-bit gemmlowp grids; fake backend
+        only.
+    act_quantizer : {"uniform", "midtread"}
+        The same choice for activations (``midtread``: per-channel activations, ``act_bit_alloc`` ``paper``
+        or ``optimal``, ``act_clipping`` ``minmax``, ``laplace``, ``gauss`` or ``exact``, ``act_cap="off"``).
+    act_bias_correction : {"off", "calibration", "oracle"}
+        The seed's activation bias correction (``-bca``, ``IQM:180-196``) at the quantized output of every
+        conv (``act_site="output"``, Conv2d only, as the seed): with :math:`y` the conv's output before the
+        output quantizer (after the ReLU that consumes it, if any) and :math:`\\hat y` the quantized one, each
+        channel gets :math:`\\hat y_c \\mathrel{+}= q_c\\,[\\hat y_c > 0]`,
+        :math:`q_c = (\\sum y_c - \\sum \\hat y_c)/(\\#\\{y_c > 0\\} + 10^{-8})`. ``oracle`` (the seed's)
+        computes :math:`q_c` from every batch it scores, i.e. **from the data being evaluated: not deployable,
+        for reproducing the seed only**; it is refused unless ``allow_oracle=True``, and its outputs depend on
+        the batch. ``calibration`` computes :math:`q_c` once, the same way, over the calibration set as one
+        batch (layer after layer, each on its corrected predecessors) and keeps them fixed. It is not
+        ``bias_correction="empirical"``: that one moves into each layer's bias the mean error of its output
+        against the float model (weights, input and predecessors quantized) and keeps the integer path; this
+        one corrects only the output quantizer's own mean error, after it, on the positive values only, and
+        moves them off the grid. At the input site the mean error of activation quantization passes linearly
+        through the layer into its output mean, which ``empirical`` already corrects, so the input site has
+        no ``act_bias_correction``.
+    allow_oracle : bool
+        Must be True to use ``act_bias_correction="oracle"`` (and only then).
     skip : tuple of str
         Module names (``named_modules``) left in float.
     calibration : {"float", "sequential"}
@@ -186,6 +220,9 @@ class QuantConfig:
     mse_candidates: int = 100
     kl_bins: int = 2048
     weight_quantizer: str = "uniform"
+    act_quantizer: str = "uniform"
+    act_bias_correction: str = "off"
+    allow_oracle: bool = False
     skip: tuple = ()
     calibration: str = "float"
     weight_rounding: str = "nearest"
@@ -278,8 +315,72 @@ class QuantConfig:
                                  "and weight_bit_alloc=None")
             if self.bias_correction != "off" and self.bias_form != "seed":
                 raise ValueError("weight_quantizer='kmeans' has no integer grid to keep: use bias_form='seed'")
+        _choice("act_quantizer", self.act_quantizer, ACT_QUANTIZERS)
+        self._check_midtread()
+        self._check_act_bias()
         if not isinstance(self.skip, tuple) or not all(isinstance(s, str) for s in self.skip):
             raise ValueError(f"skip must be a tuple of module names, got {self.skip!r}")
+
+    def _check_midtread(self) -> None:
+        for kind, quantizer, gran, bits, avg, rule, clipping in (
+                ("act", self.act_quantizer, self.act_granularity, self.act_bits, self.act_avg_bits,
+                 self.act_bit_alloc, self.act_clipping),
+                ("weight", self.weight_quantizer, self.weight_granularity, self.weight_bits, self.weight_avg_bits,
+                 self.weight_bit_alloc, self.weight_clipping)):
+            if quantizer != "midtread":
+                continue
+            field_name = f"{kind}_quantizer='midtread'"
+            if bits is None:
+                raise ValueError(f"{field_name} needs {kind}_bits (the bins budget is C * 2**{kind}_bits)")
+            if not isinstance(gran, PerChannel):
+                raise ValueError(f"{field_name} allocates bins per channel (eq. 10): it needs per-channel "
+                                 f"{kind}_granularity")
+            if rule is None:
+                raise ValueError(f"{field_name} always allocates bins (eq. 10, the seed's -mtq): set "
+                                 f"{kind}_bit_alloc to 'paper' (eq. 10 rounded, the seed's) or 'optimal' (the "
+                                 "integer optimum within the budget)")
+            if clipping not in MIDTREAD_CLIPPING:
+                raise ValueError(f"{field_name} takes {kind}_clipping in {list(MIDTREAD_CLIPPING)}, got "
+                                 f"{clipping!r}")
+            if rule == "optimal" and clipping == "minmax":
+                raise ValueError(f"{kind}_bit_alloc='optimal' with {field_name} minimises a prior's error: it "
+                                 f"needs {kind}_clipping 'laplace', 'gauss' or 'exact' (or {kind}_bit_alloc="
+                                 "'paper', eq. 10 on the channels' std)")
+            target = bits if avg is None else avg
+            if target > _MIDTREAD_MAX_AVG:
+                raise ValueError(f"{field_name}: a channel has at most 255 bins (codes in one byte), so the "
+                                 f"bins budget needs {kind}_avg_bits <= log2(255) = {_MIDTREAD_MAX_AVG:.4f}; "
+                                 f"{kind}_bits={bits}, {kind}_avg_bits={avg}")
+            if self.alloc_budget != "bins":
+                raise ValueError(f"{field_name} allocates bins within C * 2**avg_bits (eq. 10): it needs "
+                                 "alloc_budget='bins'")
+        if self.act_quantizer == "midtread" and self.act_cap != "off":
+            raise ValueError("act_cap='auto' models capped activations on the gemmlowp grid: "
+                             "act_quantizer='midtread' needs act_cap='off'")
+        if self.weight_quantizer == "midtread" and self.weight_rounding != "nearest":
+            raise ValueError("weight_rounding='gptq' rounds on grids of 2**bits levels: weight_quantizer='midtread' "
+                             "needs weight_rounding='nearest'")
+
+    def _check_act_bias(self) -> None:
+        _choice("act_bias_correction", self.act_bias_correction, ACT_BIAS_CORRECTION)
+        if not isinstance(self.allow_oracle, bool):
+            raise ValueError(f"allow_oracle must be True or False, got {self.allow_oracle!r}")
+        if self.allow_oracle and self.act_bias_correction != "oracle":
+            raise ValueError("allow_oracle only applies to act_bias_correction='oracle'")
+        if self.act_bias_correction == "off":
+            return
+        if self.act_bits is None:
+            raise ValueError("act_bias_correction corrects quantized activations: it needs act_bits")
+        if self.act_site != "output":
+            raise ValueError("act_bias_correction (the seed's -bca) shifts the quantized outputs of conv layers: it "
+                             "needs act_site='output'. At the input site the mean error of activation "
+                             "quantization passes linearly into the layer's output mean, which "
+                             "bias_correction='empirical' (with calibration='sequential') corrects in the bias")
+        if self.act_bias_correction == "oracle" and not self.allow_oracle:
+            raise ValueError("act_bias_correction='oracle' corrects every batch with the statistics of that same "
+                             "batch, i.e. of the data being scored (the seed's -bca): not deployable, for "
+                             "reproducing the seed only. Ask for it explicitly with allow_oracle=True, or use "
+                             "act_bias_correction='calibration' (statistics of the calibration data only)")
 
     def replace(self, **changes) -> "QuantConfig":
         """A copy with ``changes`` applied (validated again)."""
@@ -297,8 +398,11 @@ class QuantConfig:
         w = "f" if self.weight_bits is None else self.weight_bits
         a = "f" if self.act_bits is None else self.act_bits
         w_how = "kmeans" if self.weight_quantizer == "kmeans" else self.weight_clipping
+        if self.weight_quantizer == "midtread":
+            w_how += "/midtread"
+        a_how = self.act_clipping + ("/midtread" if self.act_quantizer == "midtread" else "")
         parts = [f"W{w}A{a}", f"w:{self.weight_granularity}/{w_how}",
-                 f"a:{self.act_granularity}/{self.act_clipping}@{self.act_site}"]
+                 f"a:{self.act_granularity}/{a_how}@{self.act_site}"]
         if self.act_bit_alloc:
             parts.append(f"alloc-a:{self.act_bit_alloc}")
         if self.weight_bit_alloc:
@@ -315,6 +419,10 @@ class QuantConfig:
             parts.append(f"eq:{self.equalize}" + ("+absorb" if self.absorb_bias else ""))
         if self.calibration != "float":
             parts.append(f"calib:{self.calibration}")
+        if self.act_bias_correction == "oracle":
+            parts.append("bca:ORACLE(scored-data)")
+        elif self.act_bias_correction != "off":
+            parts.append(f"bca:{self.act_bias_correction}")
         return " ".join(parts)
 
     @property
@@ -341,6 +449,21 @@ PRESETS: dict[str, QuantConfig] = {
     # RM:123-127  --qtype int4 -c laplace (W8 per-tensor, A4 per-tensor)   (71.40 / 90.25)
     "seed-w8a4-aciq-layerwise": QuantConfig(weight_bits=8, act_bits=4, weight_granularity=_PT,
                                             act_granularity=_PT, act_clipping="laplace", **_SEED),
+    # RM:129-140 (VGG16, "VLC")  -pcq_w -pcq_a --qtype int4 -qw int4 -c laplace -baa -baw -bcw -bata 5.3
+    # -batw 5.3 -mtq: mid-tread grids, eq. 10 bins rounded (2**5.3 ~ 39 per channel on average)  (70.80 / 91.21)
+    "seed-vlc-mtq": QuantConfig(weight_bits=4, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                act_clipping="laplace", act_quantizer="midtread", weight_quantizer="midtread",
+                                act_bit_alloc="paper", weight_bit_alloc="paper", act_avg_bits=5.3,
+                                weight_avg_bits=5.3, bias_correction="mean", **_SEED),
+    # seed-w4a4-all + -bca: the activation bias correction from the calibration set (deployable) ...
+    "seed-w4a4-bca": QuantConfig(weight_bits=4, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                 act_clipping="laplace", act_bit_alloc="paper", weight_bit_alloc="paper",
+                                 bias_correction="mean", act_bias_correction="calibration", **_SEED),
+    # ... and as the seed ran it (IQM:180-196): from the batch being scored, an ORACLE, for reproduction only
+    "seed-w4a4-bca-oracle": QuantConfig(weight_bits=4, act_bits=4, weight_granularity=_PC_W, act_granularity=_PC_A,
+                                        act_clipping="laplace", act_bit_alloc="paper", weight_bit_alloc="paper",
+                                        bias_correction="mean", act_bias_correction="oracle", allow_oracle=True,
+                                        **_SEED),
     # --- the paper's table, one technique at a time (inputs of every conv/linear are quantized)
     "w8a4-naive": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A),
     "w8a4-aciq": QuantConfig(weight_bits=8, act_bits=4, act_granularity=_PC_A, act_clipping="laplace"),
@@ -357,6 +480,11 @@ PRESETS: dict[str, QuantConfig] = {
                             act_bit_alloc="optimal", weight_bit_alloc="optimal", bias_correction="mean"),
     "w4a4-all-exact": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="exact",
                                   act_bit_alloc="optimal", weight_bit_alloc="optimal", bias_correction="mean"),
+    # mid-tread activations (the seed's -mtq) with the integer optimum of eq. 10's problem within 16 bins per
+    # channel on average; mid-tread weights with eq. 10 rounded (minmax: no prior to optimise)
+    "w4a4-mtq": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="laplace",
+                            act_quantizer="midtread", act_bit_alloc="optimal", weight_quantizer="midtread",
+                            weight_bit_alloc="paper"),
     "w4a4-all-ongrid": QuantConfig(weight_bits=4, act_bits=4, act_granularity=_PC_A, act_clipping="laplace",
                                    act_bit_alloc="optimal", weight_bit_alloc="optimal",
                                    bias_correction="mean+variance", bias_form="on-grid"),

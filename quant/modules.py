@@ -7,7 +7,6 @@ activations quantized as they load). :class:`QuantizedOutput` quantizes the outp
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import torch
@@ -15,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .fake import FakeQuant, GridParams
+from .fake import FakeQuant, GridParams, _round_steps
 
-__all__ = ["QuantizedLayer", "KernelLayer", "QuantizedOutput", "LayerQuant", "ActCodes"]
+__all__ = ["QuantizedLayer", "KernelLayer", "QuantizedOutput", "LayerQuant", "ActCodes", "code_unit"]
 
 
 class LayerQuant:
@@ -49,12 +48,20 @@ def _channel_view(t: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tenso
     return t.reshape(view)
 
 
+def code_unit(grid: GridParams) -> np.ndarray:
+    """The value of one unit of :class:`ActCodes`' output per channel: the step ``s``, ``s/2`` on a mid-tread
+    channel with a half-integer zero point (its codes are doubled), the ``fill`` of a 0-bit channel."""
+    return np.where(grid.bits == 0, grid.fill, grid.scale / np.where(grid.half, 2.0, 1.0)).astype(np.float64)
+
+
 class ActCodes(nn.Module):
     """The integer codes of an activation grid, minus the zero point: ``clamp(round(x / s), -z, qmax - z)``.
 
     The arithmetic is :class:`~aciq.quant.fake.FakeQuant`'s (``FakeQuant(x) == s * ActCodes(x)``), stopped
     before the multiplication by ``s``. A 0-bit channel gives 1: its value (``fill``) is carried by the
-    channel's multiplier in :class:`QuantizedLayer`.
+    channel's multiplier in :class:`QuantizedLayer`. A channel with a half-integer zero point (a mid-tread
+    grid with an odd number of bins) gives the odd integer ``2 (q - z)``, worth ``s/2`` each
+    (:func:`code_unit`).
     """
 
     def __init__(self, grid: GridParams):
@@ -69,18 +76,22 @@ class ActCodes(nn.Module):
         dead = grid.bits == 0
         self.has_dead = bool(np.any(dead))
         self.register_buffer("dead", torch.as_tensor(dead))
+        self.has_half = grid.has_half
+        self.register_buffer("unit", torch.as_tensor(np.where(grid.half, 2.0, 1.0), dtype=torch.float32))
         self._lo, self._hi = (None, None) if per_channel else (float(-grid.zero_point),
                                                                float(grid.qmax - grid.zero_point))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         axis = self.axis if self.axis is not None else 1
         q = torch.div(x, _channel_view(self.scale, x, axis))
-        q.round_()
+        q = _round_steps(q, self.grid, x) if self.has_half else q.round_()
         if not self.per_channel:
             q.clamp_(self._lo, self._hi)
         else:
             torch.maximum(q, _channel_view(self.lo, x, axis), out=q)
             torch.minimum(q, _channel_view(self.hi, x, axis), out=q)
+        if self.has_half:
+            q.mul_(_channel_view(self.unit, x, axis))
         if self.has_dead:
             q = torch.where(_channel_view(self.dead, x, axis), torch.ones((), dtype=q.dtype, device=q.device), q)
         return q
@@ -123,6 +134,10 @@ class _IntegerPlan:
         wint = q.codes.reshape(n_out, cg, taps).astype(np.float64) - zp[:, None, None]
         wbits = np.broadcast_to(wg.bits, (n_out,))
         row_scale = _rows_of(wg.scale, n_out) * (1.0 if q.scale_factor is None else q.scale_factor)
+        if wg.has_half:                                   # half-integer zero points: doubled codes, half steps
+            unit = np.where(np.broadcast_to(wg.half, (n_out,)), 2.0, 1.0)
+            wint = wint * unit[:, None, None]
+            row_scale = row_scale / unit
         offset = None if q.row_offset is None else np.asarray(q.row_offset, np.float64).copy()
         dead_w = wbits == 0
         if dead_w.any():                                  # a 0-bit row is the constant fill
@@ -131,15 +146,15 @@ class _IntegerPlan:
             if offset is not None:
                 offset[dead_w] = 0.0
         ag = q.act_in
-        xmax = float(np.max(np.maximum(ag.zero_point, ag.qmax - ag.zero_point)))
+        xmax = float(np.max(np.maximum(ag.zero_point, ag.qmax - ag.zero_point) * np.where(ag.half, 2.0, 1.0)))
         grid = ag
         per_channel = ag.axis is not None and np.ndim(ag.scale) > 0
         ones = np.ones((groups, cg, taps))                # the rows that sum each group's inputs (offsets)
         if not per_channel:
-            mult_rows = np.full(n_out, float(ag.scale))
-            ones_scale = np.full(groups, float(ag.scale))
+            mult_rows = np.full(n_out, float(code_unit(ag)))
+            ones_scale = np.full(groups, float(code_unit(ag)))
         else:
-            a = np.where(ag.bits == 0, ag.fill, ag.scale).astype(np.float64)     # value of one code unit
+            a = code_unit(ag)                             # value of one code unit
             xmax = max(xmax, 1.0)
             if cg == 1:                                   # depthwise: one input channel per group
                 mult_rows = np.repeat(a, og)
@@ -157,8 +172,8 @@ class _IntegerPlan:
                 ones = ones * mg[:, :, None]
                 mult_rows = np.full(n_out, step)
                 ones_scale = np.full(groups, step)
-                grid = GridParams(scale=np.where(ag.bits > 0, m * step, ag.scale), zero_point=ag.zero_point,
-                                  bits=ag.bits, fill=ag.fill, axis=ag.axis)
+                grid = GridParams(scale=np.where(ag.bits > 0, m * step * np.where(ag.half, 2.0, 1.0), ag.scale),
+                                  zero_point=ag.zero_point, bits=ag.bits, fill=ag.fill, axis=ag.axis, qmax=ag.qmax)
         self.grid = grid
         self.row_scale = row_scale * mult_rows
         self.offset_scale = None if offset is None else offset * np.repeat(ones_scale, og)
@@ -191,6 +206,9 @@ class QuantizedLayer(nn.Module):
     the model's dtype.
 
     ``layer.weight`` holds the dequantized weight in every case (what reports and exporters read).
+
+    ``act_bias`` (:mod:`aciq.quant.actbias`, the seed's ``-bca``) shifts the quantized output; its
+    ``oracle`` form computes the shift from each batch it is given, so that form alone depends on the batch.
     """
 
     def __init__(self, layer: nn.Module, q: LayerQuant):
@@ -202,6 +220,7 @@ class QuantizedLayer(nn.Module):
         self.layer = layer
         self.quant = q
         self.act_out = FakeQuant(q.act_out) if q.act_out is not None else None
+        self.act_bias = None
         self.channel_axis = -1 if isinstance(layer, nn.Linear) else 1
         self.exact = runs_on_integers(q)
         own_forward = type(layer).forward not in (nn.Conv2d.forward, nn.Linear.forward)
@@ -221,7 +240,13 @@ class QuantizedLayer(nn.Module):
         else:
             self.act_in = FakeQuant(q.act_in) if q.act_in is not None else None
             quantized_io = self.act_in is not None or self.act_out is not None
-            self.float64 = copy.deepcopy(layer).double() if quantized_io else None
+            # the quantized layer computes in float64 (its sums round once); the float64 copies of its
+            # parameters are buffers outside the state dict, derived from the layer's own
+            self.wide = quantized_io
+            if quantized_io:
+                self.register_buffer("weight64", layer.weight.detach().double(), persistent=False)
+                b = None if layer.bias is None else layer.bias.detach().double()
+                self.register_buffer("bias64", b, persistent=False)
 
     def set_bias(self, bias: torch.Tensor) -> None:
         """Replace the bias (the empirical bias correction measures it after the layer is built)."""
@@ -229,8 +254,8 @@ class QuantizedLayer(nn.Module):
             self.layer.bias = nn.Parameter(bias.to(self.layer.weight.dtype), requires_grad=False)
             if self.exact:
                 self.out_bias = bias.to(self.out_bias.dtype).to(self.out_bias.device)
-            elif self.float64 is not None:
-                self.float64.bias = nn.Parameter(bias.double(), requires_grad=False)
+            elif self.wide:
+                self.bias64 = bias.double().to(self.weight64.device)
         self.quant.bias = self.layer.bias.detach()
 
     def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,12 +289,26 @@ class QuantizedLayer(nn.Module):
         dtype = x.dtype
         if self.act_in is not None:
             x = self.act_in(x)
-        if self.float64 is None:
+        if not self.wide:
             return self.layer(x)
-        y = self.float64(x.double())
+        y = self._wide_forward(x.double())
         if self.act_out is not None:
-            y = self.act_out(y)
+            y_hat = self.act_out(y)
+            y = y_hat if self.act_bias is None else self.act_bias(y, y_hat)
         return y.to(dtype)
+
+    def _wide_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._plain == "conv":
+            return self.layer._conv_forward(x, self.weight64, self.bias64)
+        if self._plain == "linear":
+            return F.linear(x, self.weight64, self.bias64)
+        return functional_call(self.layer, {"weight": self.weight64, "bias": self.bias64}, (x,))
+
+    def set_act_bias(self, module: nn.Module) -> None:
+        """Attach the activation bias correction of the quantized output (:mod:`aciq.quant.actbias`)."""
+        if self.act_out is None:
+            raise ValueError(f"layer {self.quant.name}: the activation bias correction needs a quantized output")
+        self.act_bias = module
 
     def _split(self, acc: torch.Tensor):
         """The weight rows' accumulators and each row's group input sum (the seed-form offset rows)."""
@@ -348,6 +387,9 @@ class KernelLayer(nn.Module):
         wg, ag = q.weight_grid, q.act_in
         if np.any(wg.bits == 0) or np.any(ag.bits == 0):
             raise ValueError(f"layer {name}: a channel has 0 bits; the kernels need 1..8 bits")
+        if not (wg.is_gemmlowp and ag.is_gemmlowp):
+            raise ValueError(f"layer {name}: the kernels run grids of 2^bits levels with integer zero points, not "
+                             "mid-tread grids of any number of bins: use the fake backend")
         n = layer.weight.shape[0]
         k_in = layer.weight.shape[1] * (layer.groups if isinstance(layer, nn.Conv2d) else 1)
         wbits = int(np.max(wg.bits))

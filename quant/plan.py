@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import nn
+
 from .calibrate import SiteSpec
 from .config import PerChannel, QuantConfig
 
@@ -22,7 +24,9 @@ class LayerSpec:
 
     ``weight``, ``act_in`` and ``act_out`` are the grids' specs (None: left in float); the rest says what is
     done to the weights: analytic (``mean``, ``mean+variance``) or ``empirical`` bias correction, the form of
-    the analytic one, and nearest or second-order (``gptq``) rounding.
+    the analytic one, and nearest or second-order (``gptq``) rounding; and to the quantized output: the
+    activation bias correction (``act_bias``: ``off``, ``calibration``, ``oracle``; conv outputs only) and
+    whether a ReLU consumes that output (``relu``).
     """
 
     name: str
@@ -35,6 +39,8 @@ class LayerSpec:
     quantizer: str = "uniform"
     gptq_damp: float = 0.01
     gptq_order: str = "descending"
+    act_bias: str = "off"
+    relu: bool = False
 
     @property
     def weights_off_grid(self) -> bool:
@@ -87,12 +93,13 @@ def _act(p, name: str, where: str, stats, config: QuantConfig) -> SiteSpec | Non
         half = bool(config.half_range)
         fused = fused and half
     cap = p.caps.get(name) if (where == "input" and half and config.act_cap == "auto") else None
+    quantizer = "uniform" if override else config.act_quantizer
     return SiteSpec(clipping=config.act_clipping, bits=bits, per_channel=isinstance(config.act_granularity,
                                                                                      PerChannel),
                     half=half, fused=fused, alloc=None if override else config.act_bit_alloc,
                     avg_bits=config.act_avg_bits, budget=config.alloc_budget, kstd=config.kstd,
                     exact_prior=config.exact_prior, mse_candidates=config.mse_candidates, kl_bins=config.kl_bins,
-                    cap=cap)
+                    cap=cap, quantizer=quantizer)
 
 
 def _weight(p, name: str, config: QuantConfig) -> SiteSpec | None:
@@ -103,7 +110,8 @@ def _weight(p, name: str, config: QuantConfig) -> SiteSpec | None:
                     per_channel=isinstance(config.weight_granularity, PerChannel), half=False,
                     alloc=None if override else config.weight_bit_alloc, avg_bits=config.weight_avg_bits,
                     budget=config.alloc_budget, kstd=config.kstd, exact_prior=config.exact_prior,
-                    mse_candidates=config.mse_candidates)
+                    mse_candidates=config.mse_candidates,
+                    quantizer="midtread" if config.weight_quantizer == "midtread" and not override else "uniform")
 
 
 def layer_spec(p, name: str, config: QuantConfig, stats: dict) -> LayerSpec:
@@ -111,10 +119,13 @@ def layer_spec(p, name: str, config: QuantConfig, stats: dict) -> LayerSpec:
     statistics (only their minimum is read, for ``half_range="auto"``)."""
     act_in = _act(p, name, "input", stats.get(f"{name}:input"), config)
     act_out = _act(p, name, "output", stats.get(f"{name}:output"), config) if config.act_site == "output" else None
+    conv = isinstance(p.model.get_submodule(name), nn.Conv2d)      # the seed's -bca patched Conv2d only
+    act_bias = config.act_bias_correction if (act_out is not None and conv) else "off"
     return LayerSpec(name=name, weight=_weight(p, name, config), act_in=act_in, act_out=act_out,
                      bias_correction=config.bias_correction, bias_form=config.bias_form,
                      rounding=config.weight_rounding, quantizer=config.weight_quantizer,
-                     gptq_damp=config.gptq_damp, gptq_order=config.gptq_order)
+                     gptq_damp=config.gptq_damp, gptq_order=config.gptq_order, act_bias=act_bias,
+                     relu=bool(p.fused.get(name, False)))
 
 
 def pool_spec(stats, config: QuantConfig) -> SiteSpec:

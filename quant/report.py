@@ -1,7 +1,8 @@
 r"""How many bits the integer codes of a quantized model really need: entropy and Huffman code length.
 
 For every quantized tensor (each layer's weight codes and, given data, each activation site's codes) one
-histogram of the unsigned gemmlowp codes :math:`q \in \{0, \dots, 2^M-1\}` gives, with :math:`p_s` the
+histogram of the unsigned codes :math:`q \in \{0, \dots, q_{max}\}` (:math:`2^M - 1` on a gemmlowp grid,
+:math:`\omega` on a mid-tread grid of :math:`\omega` bins) gives, with :math:`p_s` the
 frequency of code :math:`s` (:mod:`aciq.theory.coding`),
 
 .. math::
@@ -13,7 +14,8 @@ Pooling follows the seed (``utils/entropy.py``): **one histogram per tensor** of
 channel together (one codebook per layer), even when channels have different zero points or bit-widths,
 so a code value means different levels in different channels. A per-channel codebook could only be shorter;
 the pooled figure is what one shared table per tensor costs. ``bits`` is the nominal fixed width, the mean
-over channels (0-bit channels count 0 and emit code 0).
+over channels (0-bit channels count 0 and emit code 0; a mid-tread channel of :math:`\omega` bins needs
+:math:`\lceil\log_2(\omega+1)\rceil`, the seed's ``-mtq`` + ``-me`` measure being the entropy).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .modules import KernelLayer, QuantizedLayer, QuantizedOutput
 
 __all__ = ["code_lengths", "counts_summary"]
 
-_LEVELS = 256  # codes of an 8-bit grid; every grid here has 1..8 bits
+_LEVELS = 256  # codes of an 8-bit grid; every grid here has codes 0..255 at most
 
 
 def counts_summary(counts) -> dict:

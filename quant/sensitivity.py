@@ -95,10 +95,18 @@ def layer_sqnr(qmodel: nn.Module, folded: nn.Module, data) -> dict[str, float]:
 
 
 def high_precision(config: QuantConfig, bits: int = 8) -> QuantConfig:
-    """The same recipe at ``bits`` for weights and activations (bit allocation averages follow)."""
+    """The same recipe at ``bits`` for weights and activations (bit allocation averages follow).
+
+    At 8 bits a mid-tread quantizer (at most 255 bins a channel) becomes the 8-bit gemmlowp grid, as on the
+    first and last layers.
+    """
+    wide = bits > math.log2(255)
     return config.replace(weight_bits=None if config.weight_bits is None else bits,
                           act_bits=None if config.act_bits is None else bits,
-                          weight_avg_bits=None, act_avg_bits=None)
+                          weight_avg_bits=None, act_avg_bits=None,
+                          weight_quantizer="uniform" if wide and config.weight_quantizer == "midtread"
+                          else config.weight_quantizer,
+                          act_quantizer="uniform" if wide else config.act_quantizer)
 
 
 def keep_layers(low: nn.Module, high: nn.Module, names) -> nn.Module:

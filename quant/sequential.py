@@ -32,7 +32,7 @@ from .calibrate import site_grid
 from .config import QuantConfig
 from .fold import set_module
 from .hessian import hessian, patch_rows, patches
-from .modules import ActCodes, KernelLayer, QuantizedLayer, QuantizedOutput
+from .modules import ActCodes, KernelLayer, QuantizedLayer, QuantizedOutput, code_unit
 from .passes import channel_sums, run_passes
 from .plan import layer_spec, pool_spec
 from .weights import quantize_weights
@@ -46,7 +46,7 @@ def _quantized_hessian(layer: nn.Module, grid, x: torch.Tensor) -> np.ndarray:
     codes = ActCodes(grid).to(x.device)(x).double()
     p = patches(layer, codes)
     h = torch.bmm(p.transpose(1, 2), p).cpu().numpy()
-    a = np.where(grid.bits == 0, grid.fill, grid.scale).astype(np.float64)
+    a = code_unit(grid)
     if np.ndim(a) == 0:
         return h * float(a) ** 2
     groups, k = h.shape[0], h.shape[1]

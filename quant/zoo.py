@@ -2,8 +2,8 @@
 
 ``load_model(name)`` returns a float model in eval mode on the CPU. Weights come from a local file
 (``weights=PATH``, read with ``torch.load(..., weights_only=True)``), from the file a package ships
-(EfficientNet-Lite0/1/2, the committed ResNet-20), or, for the torchvision names only, from torchvision's
-``Weights.DEFAULT`` download (cached by ``torch.hub``; where there is no network, pass a file).
+(EfficientNet-Lite0/1/2, the committed Fashion-MNIST networks), or, for the torchvision names only, from
+torchvision's ``Weights.DEFAULT`` download (cached by ``torch.hub``; where there is no network, pass a file).
 
 Preprocessing (:func:`preprocess`) is the evaluation transform published with the weights:
 
@@ -26,8 +26,8 @@ Preprocessing (:func:`preprocess`) is the evaluation transform published with th
   centre crop ``S`` (the same window, resampled before cropping). The package README's example uses
   ImageNet mean/std instead; on the 20 foolbox photos that gives lite0 top-1 15/20 against 18/20 with the
   TF values.
-* ``resnet20_fmnist``: 1-channel 28x28 images, ``(x - MEAN) / STD`` with the Fashion-MNIST training-set
-  statistics of :mod:`aciq.quant.fashion_mnist`.
+* ``resnet20_fmnist``, ``mobilenet_fmnist`` (:data:`FASHION_MNIST`): 1-channel 28x28 images,
+  ``(x - MEAN) / STD`` with the Fashion-MNIST training-set statistics of :mod:`aciq.quant.fashion_mnist`.
 """
 from __future__ import annotations
 
@@ -39,14 +39,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "EFFICIENTNET_LITE", "Preprocessing", "load_model", "preprocessing", "preprocess", "input_size",
-           "num_classes", "load_state_dict_file"]
+__all__ = ["MODELS", "EFFICIENTNET_LITE", "FASHION_MNIST", "Preprocessing", "load_model", "preprocessing",
+           "preprocess", "input_size", "num_classes", "load_state_dict_file"]
 
 TORCHVISION = ("resnet18", "resnet50", "resnet101", "vgg16", "vgg16_bn", "inception_v3", "mobilenet_v2")
 EFFICIENTNET_LITE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 """The EfficientNet-Lite models and their resolution ``S`` (efficientnet_lite_builder.py)."""
 CROP_PADDING = 32   # tensorflow/tpu efficientnet/preprocessing.py: centre crop S / (S + CROP_PADDING)
-MODELS = TORCHVISION + tuple(EFFICIENTNET_LITE) + ("resnet20_fmnist",)
+_FASHION_MNIST_MODULES = {
+    # name -> (module of aciq.quant, builder of a random-init network, loader of the committed weights)
+    "resnet20_fmnist": ("resnet20", "resnet20", "load_resnet20_fmnist"),
+    "mobilenet_fmnist": ("mobilenet_fmnist", "mobilenet_fmnist", "load_mobilenet_fmnist"),
+}
+FASHION_MNIST = tuple(_FASHION_MNIST_MODULES)
+"""The networks this project trained on Fashion-MNIST (weights committed in ``quant/weights/``)."""
+MODELS = TORCHVISION + tuple(EFFICIENTNET_LITE) + FASHION_MNIST
 """Every name :func:`load_model` accepts."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,8 +121,8 @@ def preprocessing(name) -> Preprocessing:
 def preprocess(name):
     """A torchvision transform: PIL image -> float tensor ``(C, H, W)``, normalised for model ``name``.
 
-    ``resnet20_fmnist`` takes 1-channel images (an RGB image is converted to grayscale first); a
-    28x28 image passes through unresized.
+    The :data:`FASHION_MNIST` networks take 1-channel images (an RGB image is converted to grayscale
+    first); a 28x28 image passes through unresized.
     """
     from torchvision import transforms as T
 
@@ -134,7 +141,7 @@ def _to_rgb(image):
 def input_size(name) -> tuple[int, int, int]:
     """``(C, H, W)`` of the model's input, for dummy inputs.
 
-    >>> input_size("resnet18"), input_size("inception_v3"), input_size("resnet20_fmnist")
+    >>> input_size("resnet18"), input_size("inception_v3"), input_size("mobilenet_fmnist")
     ((3, 224, 224), (3, 299, 299), (1, 28, 28))
     """
     p = preprocessing(name)
@@ -144,10 +151,10 @@ def input_size(name) -> tuple[int, int, int]:
 def num_classes(name) -> int:
     """Number of logits: 1000 (ImageNet) or 10 (Fashion-MNIST).
 
-    >>> num_classes("vgg16"), num_classes("resnet20_fmnist")
-    (1000, 10)
+    >>> num_classes("vgg16"), num_classes("resnet20_fmnist"), num_classes("mobilenet_fmnist")
+    (1000, 10, 10)
     """
-    return 10 if _check_name(name) == "resnet20_fmnist" else 1000
+    return 10 if _check_name(name) in FASHION_MNIST else 1000
 
 
 # -- state dicts ----------------------------------------------------------------------------------------
@@ -279,12 +286,12 @@ def _load_efficientnet_lite(name: str, weights, pretrained: bool) -> nn.Module:
     return _load_into(model, state, f"file {path}")
 
 
-def _load_resnet20_fmnist(weights, pretrained: bool) -> nn.Module:
-    from .resnet20 import load_resnet20_fmnist, resnet20
-
+def _load_fashion_mnist(name: str, weights, pretrained: bool) -> nn.Module:
+    module, build, load = _FASHION_MNIST_MODULES[name]
+    module = importlib.import_module(f"{__package__}.{module}")
     if weights is None and not pretrained:
-        return resnet20(num_classes=10, in_channels=1)
-    return load_resnet20_fmnist(weights=weights)
+        return getattr(module, build)(num_classes=10, in_channels=1)
+    return getattr(module, load)(weights=weights)
 
 
 def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
@@ -299,8 +306,8 @@ def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
         stripped), read with ``weights_only=True``. Overrides ``pretrained``.
     pretrained : bool
         Without ``weights``: True loads the published weights (torchvision's ``Weights.DEFAULT``, downloaded
-        and cached by ``torch.hub``; the packaged EfficientNet-Lite file; the committed ResNet-20), False
-        leaves the random initialisation (no file, no network).
+        and cached by ``torch.hub``; the packaged EfficientNet-Lite file; the committed Fashion-MNIST
+        weights), False leaves the random initialisation (no file, no network).
 
     Raises
     ------
@@ -327,5 +334,5 @@ def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
     elif name in EFFICIENTNET_LITE:
         model = _load_efficientnet_lite(name, weights, pretrained)
     else:
-        model = _load_resnet20_fmnist(weights, pretrained)
+        model = _load_fashion_mnist(name, weights, pretrained)
     return model.eval()

@@ -66,3 +66,10 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+def test_test_module_basenames_are_unique():
+    """pytest imports test modules by basename (rootdir-relative packages are not used here): two files
+    with one name in different folders fail collection on a clean clone."""
+    names = [p.name for p in ROOT.joinpath("tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

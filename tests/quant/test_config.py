@@ -30,6 +30,23 @@ EXPECTED = {
     "seed-w8a4-aciq-layerwise": dict(SEED, weight_bits=8, act_bits=4, weight_granularity=PT,
                                      act_granularity=PT, act_clipping="laplace", act_bit_alloc=None,
                                      bias_correction="off"),
+    # RM:129-140 (VGG16 "VLC")  -pcq_w -pcq_a --qtype int4 -qw int4 -c laplace -baa -baw -bcw -bata 5.3 -batw 5.3
+    # -mtq: mid-tread grids on both, eq. 10 bins rounded on std (the seed's rule), 5.3-bit bins budgets
+    "seed-vlc-mtq": dict(SEED, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                         weight_clipping="minmax", act_clipping="laplace", act_quantizer="midtread",
+                         weight_quantizer="midtread", act_bit_alloc="paper", weight_bit_alloc="paper",
+                         act_avg_bits=5.3, weight_avg_bits=5.3, alloc_budget="bins", bias_correction="mean",
+                         bias_form="seed", act_bias_correction="off"),
+    # seed-w4a4-all + -bca (IQM:180-196): from the calibration set, and the seed's oracle (explicitly allowed)
+    "seed-w4a4-bca": dict(SEED, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                          weight_clipping="minmax", act_clipping="laplace", act_bit_alloc="paper",
+                          weight_bit_alloc="paper", bias_correction="mean", bias_form="seed",
+                          act_quantizer="uniform", weight_quantizer="uniform", act_bias_correction="calibration",
+                          allow_oracle=False),
+    "seed-w4a4-bca-oracle": dict(SEED, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                                 weight_clipping="minmax", act_clipping="laplace", act_bit_alloc="paper",
+                                 weight_bit_alloc="paper", bias_correction="mean", bias_form="seed",
+                                 act_bias_correction="oracle", allow_oracle=True),
     # the paper's table: 8W4A (per-channel activations), 4W8A, 4W4A; one technique at a time
     "w8a4-naive": dict(PLAIN, **NAIVE, weight_bits=8, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A),
     "w8a4-aciq": dict(PLAIN, weight_bits=8, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
@@ -51,6 +68,13 @@ EXPECTED = {
     "w4a4-all-exact": dict(PLAIN, weight_bits=4, act_bits=4, act_granularity=PC_A, act_clipping="exact",
                            exact_prior="laplace", act_bit_alloc="optimal", weight_bit_alloc="optimal",
                            bias_correction="mean"),
+    # mid-tread activations with the integer optimum of the bins within 16 per channel on average; mid-tread
+    # weights (minmax, no prior) with eq. 10 rounded
+    "w4a4-mtq": dict(PLAIN, weight_bits=4, act_bits=4, weight_granularity=PC_W, act_granularity=PC_A,
+                     weight_clipping="minmax", act_clipping="laplace", act_quantizer="midtread",
+                     act_bit_alloc="optimal", act_avg_bits=None, weight_quantizer="midtread",
+                     weight_bit_alloc="paper", weight_avg_bits=None, alloc_budget="bins", bias_correction="off",
+                     act_bias_correction="off"),
     "w4a4-all-ongrid": dict(PLAIN, weight_bits=4, act_bits=4, act_granularity=PC_A, act_clipping="laplace",
                             act_bit_alloc="optimal", weight_bit_alloc="optimal",
                             bias_correction="mean+variance", bias_form="on-grid"),
@@ -155,6 +179,27 @@ def test_bits_outside_1_to_8(field, value):
     (dict(kl_bins=2.5), "kl_bins"),
     (dict(act_clipping="kl", kl_bins=128), "kl_bins"),                  # the 8-bit first layer needs 256
     (dict(skip=["fc"]), "skip"),
+    # the mid-tread quantizer (-mtq)
+    (dict(act_quantizer="midrise"), "act_quantizer"),
+    (dict(weight_quantizer="midrise"), "weight_quantizer"),
+    (dict(act_quantizer="midtread", act_bit_alloc="paper"), "act_bit_alloc.*per-channel"),
+    (dict(act_quantizer="midtread"), "act_quantizer='midtread' allocates bins per channel"),
+    (dict(act_quantizer="midtread", act_granularity=PC_A), "act_bit_alloc to 'paper'"),
+    (dict(weight_quantizer="midtread"), "weight_bit_alloc to 'paper'"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="paper", weight_granularity=PT),
+     "weight_bit_alloc needs per-channel"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="paper", weight_bits=None),
+     "weight_bit_alloc needs weight_bits"),
+    (dict(act_quantizer="midtread", act_granularity=PC_A, act_bit_alloc="paper", act_clipping="kstd"),
+     "act_clipping"),
+    (dict(act_quantizer="midtread", act_granularity=PC_A, act_bit_alloc="optimal"), "act_clipping 'laplace'"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="optimal"), "weight_clipping 'laplace'"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="paper", weight_bits=8), "weight_avg_bits <= log2"),
+    (dict(act_quantizer="midtread", act_granularity=PC_A, act_bit_alloc="paper", act_avg_bits=7.995),
+     "act_avg_bits <= log2"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="paper", alloc_budget="bits"), "alloc_budget='bins'"),
+    (dict(act_quantizer="midtread", act_granularity=PC_A, act_bit_alloc="paper", act_cap="auto"), "act_cap"),
+    (dict(weight_quantizer="midtread", weight_bit_alloc="paper", weight_rounding="gptq"), "weight_rounding"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -9,9 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from aciq.quant import fashion_mnist as fm
 from aciq.quant.cli import build_config
 from aciq.quant.config import PerChannel, preset
 from aciq.theory.cli import main
+
+needs_fmnist = pytest.mark.skipif(not fm.DEFAULT_ROOT.is_dir(),
+                                  reason="Debian package dataset-fashion-mnist not installed")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +149,18 @@ def test_sweep_from_python_raises_value_errors(argv, message):
 
     with pytest.raises(ValueError, match=message):
         sweep(argv)
+def test_sweep_rows_of_the_midtread_and_act_bias_presets(capsys, folder, weights, tmp_path):
+    """The seed's -mtq and -bca as sweep rows; the oracle row says so in its config column."""
+    names = ["w4a4-mtq", "seed-vlc-mtq", "seed-w4a4-bca", "seed-w4a4-bca-oracle"]
+    code, out = _run(capsys, "sweep", "--models", "mobilenet_v2", "--weights", str(weights), "--data", str(folder),
+                     "--presets", *names, "--calib-images", "3", "--batch-size", "4", "--no-progress",
+                     "--results", str(tmp_path / "s.csv"))
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["preset"] for r in rows] == names
+    assert all(0 <= float(r["agreement"]) <= 100 for r in rows)
+    assert "midtread" in rows[0]["config"] and "midtread" in rows[1]["config"]
+    assert "bca:calibration" in rows[2]["config"] and "ORACLE" in rows[3]["config"]
 
 
 def test_build_config_applies_only_the_given_options():
@@ -174,6 +190,8 @@ def test_option_choices_come_from_the_config_module():
         assert tuple(opts["alloc_budget"].choices) == c.ALLOC_BUDGETS
         assert tuple(opts["act_site"].choices) == c.ACT_SITES
         assert tuple(opts["weight_quantizer"].choices) == c.WEIGHT_QUANTIZERS
+        assert tuple(opts["act_quantizer"].choices) == c.ACT_QUANTIZERS
+        assert tuple(opts["act_bias_correction"].choices) == c.ACT_BIAS_CORRECTION
         assert tuple(opts["act_bit_alloc"].choices) == tuple("none" if r is None else r for r in c.ALLOCATION_RULES)
         assert opts["model"].help == ", ".join(MODELS)
         assert all(name in opts["preset"].help for name in c.PRESETS)
@@ -181,3 +199,35 @@ def test_option_choices_come_from_the_config_module():
     assert tuple(only.choices) == tuple(EXPERIMENTS)
     assert build_config("w4a4-naive", {"half_range": "on"}).half_range is True
     assert build_config("w4a4-all", {"act_bit_alloc": "none"}).act_bit_alloc is None
+@needs_fmnist
+@pytest.mark.parametrize("name", ["resnet20_fmnist", "mobilenet_fmnist"])
+def test_evaluate_a_fashion_mnist_model(capsys, tmp_path, name):
+    from aciq.quant.train_fmnist import evaluate_float
+    from aciq.quant.zoo import load_model
+
+    common = ("evaluate", "--model", name, "--limit", "200", "--calib-images", "16", "--no-progress", "--json",
+              "--results", str(tmp_path / "r.csv"))
+    code, out = _run(capsys, *common, "--preset", "float")
+    assert code == 0
+    row = json.loads(out.out)
+    images, labels = fm.load("test")
+    assert row["n"] == 200 and row["data"] == "fashion-mnist test (200)" and row["calib_images"] == 0
+    assert row["top1"] == pytest.approx(100 * evaluate_float(load_model(name), images[:200], labels[:200]))
+    code, out = _run(capsys, *common, "--preset", "w4a4-naive")
+    row = json.loads(out.out)
+    assert code == 0 and row["n"] == 200 and row["calib_images"] == 16 and row["weight_bits"] == 4
+    assert 0 <= row["top1"] <= 100 and 0 < row["agreement"] <= 100
+    assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 2
+
+
+@needs_fmnist
+def test_sweep_and_bad_weights_on_the_fashion_mnist_mobilenet(capsys, tmp_path):
+    code, out = _run(capsys, "sweep", "--models", "mobilenet_fmnist", "--presets", "float", "w8a4-naive",
+                     "--limit", "200", "--calib-images", "8", "--no-progress", "--json", "--results", "")
+    rows = json.loads(out.out)
+    assert code == 0 and [(r["model"], r["preset"], r["n"]) for r in rows] == [
+        ("mobilenet_fmnist", "float", 200), ("mobilenet_fmnist", "w8a4-naive", 200)]
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--model", "mobilenet_fmnist", "--weights", str(tmp_path / "absent.pt"), "--limit", "10",
+              "--no-progress", "--results", ""])
+    assert exc.value.code == 2 and "absent.pt" in capsys.readouterr().err

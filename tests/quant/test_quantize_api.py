@@ -63,7 +63,8 @@ def images():
 
 
 # --------------------------------------------------------------------------- batch-size independence
-@pytest.mark.parametrize("name", ["w4a4-all", "seed-w4a4-all", "w4a4-pt-mix", "w4a8-bias", "w4a4-all-ongrid"])
+@pytest.mark.parametrize("name", ["w4a4-all", "seed-w4a4-all", "w4a4-pt-mix", "w4a8-bias", "w4a4-all-ongrid",
+                                  "w4a4-mtq", "seed-vlc-mtq", "seed-w4a4-bca"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_outputs_do_not_depend_on_the_batch_size(net, images, name, dtype, threads):
@@ -392,7 +393,7 @@ def test_kernels_backend_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["w4a4-all", "seed-w4a4-all", "w4a4-all-ongrid"])
+@pytest.mark.parametrize("name", ["w4a4-all", "seed-w4a4-all", "w4a4-all-ongrid", "w4a4-mtq", "seed-w4a4-bca"])
 def test_cuda_model_runs_on_cuda(net, images, name):
     """Every buffer follows the model to the GPU; the result is close to the CPU one (TF32 convs and
     different kernels may flip a few 4-bit codes, hence the loose bound)."""

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aciq.quant import QuantConfig, Statistics, collect_statistics, preset, quantize
+from aciq.quant import PerChannel, QuantConfig, Statistics, collect_statistics, preset, quantize
 from aciq.quant.api import prepare
 from aciq.quant.clamp import ChannelClamp
-from aciq.quant.fake import grid_params
+from aciq.quant.fake import fake_quantize, grid_params, midtread_params
 from aciq.quant.hessian import hessian
 from aciq.quant.modules import QuantizedLayer
 from aciq.quant.sequential import activation_shift
@@ -337,3 +337,28 @@ def test_float_calibration_names_a_layer_without_input(images):
 
     with pytest.raises(ValueError, match="layer b received no calibration input"):
         quantize(Branch().eval(), preset("w4a4-naive"), images[:4])
+def test_quantized_hessian_of_midtread_codes():
+    """Mid-tread input grids (half-integer zero points: doubled codes, half steps; a 0-bin channel): the Hessian
+    from the integer codes is X^T X of the fake-quantized input."""
+    from aciq.quant.sequential import _quantized_hessian  # the private helper under test
+
+    torch.manual_seed(3)
+    layer = nn.Conv2d(4, 3, 3, padding=1).double()
+    x = torch.randn(6, 4, 5, 5, dtype=torch.float64)
+    grid = midtread_params(-np.array([1.0, 2.0, 0.5, 1.0]), np.array([1.0, 1.5, 0.5, 1.0]), [5, 6, 3, 0],
+                           fill=np.array([0.0, 0.0, 0.0, 0.25]), axis=1)
+    assert grid.has_half and not grid.half.all()
+    want = hessian(layer, fake_quantize(x, grid))
+    np.testing.assert_allclose(_quantized_hessian(layer, grid, x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_sequential_midtread_with_gptq(net, images):
+    cfg = SEQ.replace(act_granularity=PerChannel(axis=1), act_quantizer="midtread", act_bit_alloc="optimal",
+                      weight_rounding="gptq")
+    q = quantize(net, cfg, images[:32])
+    layers = [m for m in q.modules() if isinstance(m, QuantizedLayer)]
+    assert all(m.exact for m in layers)
+    assert any(m.quant.info["act_in"].get("quantizer") == "midtread" for m in layers)
+    with torch.no_grad():
+        out = q(images[32:])
+    assert torch.isfinite(out).all()

