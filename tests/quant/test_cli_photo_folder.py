@@ -177,6 +177,8 @@ def _foolbox_copy(d):
     (None, ["--calib", "photos"], "--calib photos .* give --data PATH"),
     (None, ["--eval-crops", "2"], "--eval-crops applies to a flat folder"),
     (None, ["--model", "resnet20_fmnist", "--calib", "photos"], "resnet20_fmnist"),
+    ("flat", ["--model", "mobilenet_fmnist", "--calib", "photos"], "give --data PATH .*, not mobilenet_fmnist"),
+    ("flat", ["--model", "mobilenet_fmnist", "--eval-crops", "2"], "--eval-crops applies to a flat folder"),
     ("flat", ["--eval-crops", "-1"], "--eval-crops must be >= 0"),
     ("flat", ["--calib-images", str(N)], f"--calib-images {N} leaves no evaluation image in .*flat"),
     ("classes", ["--eval-crops", "2"], "classes.* is an ImageFolder"),

@@ -105,6 +105,7 @@ def test_markdown_and_csv(rows, tmp_path):
     (dict(models="efficientnet_lite0"), "models must be"),
     (dict(models=[(MODEL, "not a module")]), "models: .*neither"),
     (dict(models=["resnet20_fmnist"]), "'resnet20_fmnist' is not an ImageNet RGB model"),
+    (dict(models=[("mobilenet_fmnist", tiny())]), "'mobilenet_fmnist' is not an ImageNet RGB model"),
 ])
 def test_bad_arguments_named(folder, calibration_photos, kwargs, match):
     args = dict(presets=["float"], models=[(MODEL, tiny())], calibration_photos=calibration_photos, progress=False)
