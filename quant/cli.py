@@ -10,6 +10,14 @@ Data per model:
 * ImageNet models with ``--data PATH``: an ImageFolder (ILSVRC2012 val: ``PATH/<synset>/*.JPEG`` or
   ``PATH/val/...``). Calibration on ``--calib-images`` images drawn (seeded) from the folder; they are
   removed from the evaluation set, so no scored image is ever used for statistics.
+* ImageNet models with ``--data PATH`` naming a flat folder of unlabelled photos (``PATH/*.jpg|jpeg|png``):
+  the same seeded, disjoint draw of ``--calib-images`` photos (eval preprocessing) for calibration; each
+  other photo is scored through the eval preprocessing or, with ``--eval-crops K``, as ``K`` random crops
+  (seed ``--seed`` + 1). Fidelity only (agreement, KL, SQNR against the float model); top-1 is absent.
+* ``--calib photos`` with an ImageFolder or a flat folder: calibration on ``--calib-images`` crops of all 20
+  foolbox photos (crop 1 of every photo, then crop 2, ...) and every image of ``--data`` scored: the protocol
+  of a new user who calibrates on the photos at hand and deploys on others (a scored file with the bytes of a
+  foolbox photo is refused).
 * ImageNet models without ``--data`` (or ``--data photos``): the 20 labelled photos of foolbox's wheel;
   calibration on crops of photos 0-9, evaluation on photos 10-19.
 """
@@ -27,11 +35,12 @@ import torch
 from .config import (ACT_BIAS_CORRECTION, ACT_QUANTIZERS, ACT_SITES, ALLOC_BUDGETS, ALLOCATION_RULES,
                      BIAS_CORRECTION, BIAS_FORMS, CLIPPING_MODES, EXACT_PRIORS, PRESETS, WEIGHT_QUANTIZERS,
                      PerChannel, PerTensor, QuantConfig, preset)
-from .zoo import MODELS
+from .zoo import FASHION_MNIST, MODELS
 
 __all__ = ["register", "run", "sweep", "build_config"]
 
 FLOAT = "float"
+CALIB_SOURCES = ("data", "photos")
 
 
 # --------------------------------------------------------------------------- config from options
@@ -120,9 +129,20 @@ def _add_config_options(p):
     g.add_argument("--mse-candidates", type=int)
 
 
-def _add_run_options(p):
-    p.add_argument("--data", help="ImageFolder path (ImageNet val), Fashion-MNIST root, or 'photos'")
+def _add_data_options(p):
+    p.add_argument("--data", help="ImageFolder path (ImageNet val), a flat folder of unlabelled photos, "
+                   "Fashion-MNIST root, or 'photos'")
     p.add_argument("--calib-images", type=int, default=32, help="calibration images (default 32)")
+    p.add_argument("--calib", choices=CALIB_SOURCES, default="data",
+                   help="calibrate on images drawn from --data and left out of scoring (data, default), or on "
+                        "crops of foolbox's 20 photos, scoring every image of --data (photos)")
+    p.add_argument("--eval-crops", type=int, default=0, metavar="K",
+                   help="flat photo folders: score K random crops of each photo instead of its eval "
+                        "preprocessing (default 0: the eval preprocessing)")
+
+
+def _add_run_options(p):
+    _add_data_options(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, help="evaluate only the first N evaluation images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -168,6 +188,33 @@ def _photos(spec, model_name, dist):
     return calib, Loader(dist.shard(x), dist.shard(y), spec.batch_size), f"foolbox photos 10-19 ({len(x)})"
 
 
+def _split(n: int, spec, what: str) -> tuple[list[int], list[int]]:
+    """Seeded, disjoint (calibration, evaluation) indices of ``n`` images; no calibration image with
+    ``--calib photos``; ``--limit`` cuts the evaluation list."""
+    if spec.calib == "photos":
+        calib_idx, eval_idx = [], list(range(n))
+    else:
+        if spec.calib_images >= n:
+            raise ValueError(f"--calib-images {spec.calib_images} leaves no evaluation image in {what} ({n})")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed)).tolist()
+        calib_idx = perm[:spec.calib_images]
+        held = set(calib_idx)
+        eval_idx = [i for i in range(n) if i not in held]
+    if spec.limit:
+        eval_idx = eval_idx[:spec.limit]
+    return calib_idx, eval_idx
+
+
+def _calib_photos(spec, model_name, scored):
+    """``--calib photos``: ``--calib-images`` crops spread over all 20 foolbox photos, none of which may be
+    among the ``scored`` files."""
+    from . import photos
+
+    calibration = photos.load_photos()
+    photos.check_disjoint(calibration, scored)
+    return photos.spread_crops(calibration, model_name=model_name, n=spec.calib_images, seed=spec.seed)
+
+
 def _folder(spec, model_name, dist):
     from torch.utils.data import DataLoader, Subset
 
@@ -175,36 +222,71 @@ def _folder(spec, model_name, dist):
     from .evaluate import image_folder
 
     ds = image_folder(spec.data, zoo.preprocess(model_name))
-    n = len(ds)
-    if spec.calib_images >= n:
-        raise ValueError(f"--calib-images {spec.calib_images} leaves no evaluation image in {spec.data} ({n})")
-    g = torch.Generator().manual_seed(spec.seed)
-    perm = torch.randperm(n, generator=g).tolist()
-    calib_idx = perm[:spec.calib_images]
-    held = set(calib_idx)
-    eval_idx = [i for i in range(n) if i not in held]
-    if spec.limit:
-        eval_idx = eval_idx[:spec.limit]
-    calib = torch.stack([ds[i][0] for i in calib_idx])
+    calib_idx, eval_idx = _split(len(ds), spec, spec.data)
+    if spec.calib == "photos":
+        calib = _calib_photos(spec, model_name, [ds.samples[i][0] for i in eval_idx])
+    else:
+        calib = torch.stack([ds[i][0] for i in calib_idx])
     loader = DataLoader(Subset(ds, dist.shard(eval_idx)), batch_size=spec.batch_size, shuffle=False,
                         num_workers=spec.workers)
     return calib, loader, f"{spec.data} ({len(eval_idx)})"
 
 
+def _photo_folder(spec, model_name, dist):
+    """A flat folder of unlabelled photos (:class:`aciq.quant.evaluate.PhotoFolder`)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from . import zoo
+    from .evaluate import PhotoFolder, collate_unlabelled
+    from .photos import image_files
+
+    files = image_files(spec.data)
+    ds = PhotoFolder(files, model_name, crops=spec.eval_crops, seed=spec.seed + 1)
+    calib_idx, eval_idx = _split(len(files), spec, spec.data)
+    if spec.calib == "photos":
+        calib = _calib_photos(spec, model_name, [files[i] for i in eval_idx])
+    else:
+        calib = torch.cat([PhotoFolder(files, model_name)[i] for i in calib_idx])
+    loader = DataLoader(Subset(ds, dist.shard(eval_idx)), batch_size=max(1, spec.batch_size // ds.per_item),
+                        shuffle=False, num_workers=spec.workers, collate_fn=collate_unlabelled)
+    scored = f"{len(eval_idx)} photos" + (f" x {spec.eval_crops} crops" if spec.eval_crops else "")
+    return calib, loader, f"{spec.data} ({scored}, unlabelled)"
+
+
+def _check_data_options(spec, model_name) -> None:
+    calib, crops = spec.calib, spec.eval_crops
+    if calib not in CALIB_SOURCES:
+        raise ValueError(f"--calib must be one of {CALIB_SOURCES}, got {calib!r}")
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
+        raise ValueError(f"--eval-crops must be >= 0, got {crops!r}")
+    on_photos = spec.data in (None, "", "photos")
+    fmnist = model_name in FASHION_MNIST
+    if calib == "photos" and (fmnist or on_photos):
+        raise ValueError("--calib photos calibrates an ImageNet model on foolbox's photos to score another "
+                         "folder: give --data PATH (an ImageFolder or a flat folder of photos)"
+                         + (f", not {model_name}" if fmnist else ""))
+    if crops and (fmnist or on_photos):
+        raise ValueError("--eval-crops applies to a flat folder of photos given with --data PATH")
+
+
 def _data(spec, model_name, dist=None):
     """(calibration images, this rank's evaluation loader, description of the whole evaluation set)."""
     from .distributed import Dist
+    from .evaluate import folder_kind
 
     dist = Dist() if dist is None else dist
     if isinstance(spec.calib_images, bool) or spec.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {spec.calib_images}")
-    from .zoo import FASHION_MNIST
-
+    _check_data_options(spec, model_name)
     try:
         if model_name in FASHION_MNIST:
             return _fmnist(spec, model_name, dist)
         if spec.data in (None, "", "photos"):
             return _photos(spec, model_name, dist)
+        if folder_kind(spec.data) == "photos":
+            return _photo_folder(spec, model_name, dist)
+        if spec.eval_crops:
+            raise ValueError(f"--eval-crops applies to a flat folder of photos; {spec.data} is an ImageFolder")
         return _folder(spec, model_name, dist)
     except FileNotFoundError as exc:
         raise ValueError(str(exc)) from None
@@ -216,7 +298,7 @@ def _load(model_name, weights):
 
     try:
         return zoo.load_model(model_name, weights=weights)
-    except (OSError, RuntimeError) as exc:  # a missing file, a failed download: one clear line
+    except (OSError, RuntimeError, ImportError) as exc:  # a missing file or package, a failed download: one line
         raise ValueError(str(exc)) from None
 
 
@@ -775,8 +857,7 @@ def _add_export(subparsers) -> None:
     p.add_argument("--no-int4", action="store_true", help="4-bit weights in UINT8 instead of UINT4")
     p.add_argument("--check", action="store_true",
                    help="run the file in ONNX Runtime on the evaluation data and report its agreement with aciq")
-    p.add_argument("--data", help="ImageFolder path (ImageNet val), Fashion-MNIST root, or 'photos'")
-    p.add_argument("--calib-images", type=int, default=32, help="calibration images (default 32)")
+    _add_data_options(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, help="--check on only the first N evaluation images")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for ImageFolder data")

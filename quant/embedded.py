@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from .evaluate import markdown_table
+from .evaluate import logits, markdown_table
 from .metrics import Accumulator
 
 __all__ = ["EXPERIMENTS", "GRIDS", "TABLE_PRESETS", "FULL_PRESETS", "QUICK_PRESETS", "Fold", "Experiment",
@@ -201,11 +201,6 @@ def _config(name):
     return None if name == "float" else preset(name)
 
 
-@torch.no_grad()
-def _logits(model, x, batch):
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
 class _Runner:
     """The rows of one experiment: folds, float logits and shared statistics built when a row first needs them."""
 
@@ -218,8 +213,9 @@ class _Runner:
         if self._state is None:
             model = self.exp.load()
             folds = self.exp.folds(model, self.quick, self.seed)
-            refs = [(_logits(model, f.x, self.exp.batch),
-                     None if f.crops is None else _logits(model, f.crops, self.exp.batch)) for f in folds]
+            b = self.exp.batch
+            refs = [(logits(model, f.x, batch_size=b),
+                     None if f.crops is None else logits(model, f.crops, batch_size=b)) for f in folds]
             self._state = model, folds, refs
         return self._state
 
@@ -257,12 +253,13 @@ class _Runner:
                 q = quantize(model, cfg, fold.calibration, statistics=stats)
                 seconds["calibrate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            out_x = ref_x if cfg is None else _logits(q, fold.x, self.exp.batch)
+            b = self.exp.batch
+            out_x = ref_x if cfg is None else logits(q, fold.x, batch_size=b)
             if fold.crops is None:
                 labelled.update(out_x, labels=fold.y, reference=ref_x)
             else:
                 labelled.update(out_x, labels=fold.y)
-                fidelity.update(ref_c if cfg is None else _logits(q, fold.crops, self.exp.batch), reference=ref_c)
+                fidelity.update(ref_c if cfg is None else logits(q, fold.crops, batch_size=b), reference=ref_c)
             seconds["evaluate"] += time.perf_counter() - t0
         lab = labelled.compute()
         fid = lab if folds[0].crops is None else fidelity.compute()

@@ -15,7 +15,8 @@ import torch
 
 from .metrics import Accumulator
 
-__all__ = ["evaluate", "Loader", "image_folder", "append_csv", "write_csv", "RESULT_COLUMNS", "markdown_table"]
+__all__ = ["evaluate", "Loader", "image_folder", "folder_kind", "PhotoFolder", "collate_unlabelled", "logits",
+           "append_csv", "write_csv", "RESULT_COLUMNS", "markdown_table"]
 
 RESULT_COLUMNS = ("time", "model", "preset", "config", "weight_bits", "act_bits", "top1", "top5", "agreement",
                   "mean_kl", "logit_sqnr_db", "n", "calib_images", "calib_s", "eval_s", "float_eval_s",
@@ -60,6 +61,82 @@ def image_folder(path, transform):
         return ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
         raise ValueError(f"data path {root} is not an ImageFolder (<class>/<image> files): {exc}") from None
+
+
+def folder_kind(path) -> str:
+    """``"photos"`` for a flat folder of unlabelled images (``<path>/<image>``, see
+    :func:`aciq.quant.photos.image_files`), ``"classes"`` for an ImageFolder (``<path>/<class>/<image>``).
+
+    A folder with image files at its top level and no subfolder is flat; one with subfolders and no top-level
+    image is an ImageFolder. Raises ``ValueError`` naming ``path`` when it is not a folder, is empty, or
+    holds both top-level images and subfolders (which of the two was meant cannot be told).
+    """
+    from .photos import IMAGE_SUFFIXES
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"data path {root} does not exist or is not a folder")
+    entries = list(root.iterdir())
+    images = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    folders = [p.name for p in entries if p.is_dir()]
+    if images and folders:
+        raise ValueError(f"data path {root} holds both image files ({images[0]}, ...) and subfolders "
+                         f"({folders[0]}, ...): give a flat folder of unlabelled photos or an ImageFolder "
+                         "(<class>/<image>), not both")
+    if not images and not folders:
+        raise ValueError(f"data path {root} holds no image file ({', '.join(IMAGE_SUFFIXES)}) and no class "
+                         "subfolder")
+    return "photos" if images else "classes"
+
+
+class PhotoFolder(torch.utils.data.Dataset):
+    """Unlabelled photos, each read when indexed: item ``i`` is a float tensor ``[k, C, H, W]`` of
+    ``files[i]`` for model ``model_name``.
+
+    ``crops=0``: the model's eval preprocessing (:func:`aciq.quant.zoo.preprocess`), ``k = 1``.
+    ``crops=K``: ``K`` random crops (:func:`aciq.quant.photos.crop_batch` with ``seed``), keyed by the photo's
+    position ``i`` in ``files``, so a photo's crops do not depend on which others are scored with it.
+    Batch it with ``DataLoader(..., collate_fn=collate_unlabelled)``: batches are ``(images, None)``.
+    A file that cannot be decoded raises ``ValueError`` naming it.
+    """
+
+    def __init__(self, files, model_name: str, *, crops: int = 0, seed: int = 0):
+        from . import zoo
+
+        if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
+            raise ValueError(f"crops must be an int >= 0, got {crops!r}")
+        self.files = [Path(f) for f in files]
+        self.model_name, self.crops, self.seed = model_name, crops, seed
+        self._transform = zoo.preprocess(model_name) if crops == 0 else None
+
+    @property
+    def per_item(self) -> int:
+        """Images per item: ``crops``, or 1 for the eval preprocessing."""
+        return self.crops or 1
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i) -> torch.Tensor:
+        from .photos import crop_batch, read_photo
+
+        photo = read_photo(self.files[i], index=i)
+        if self._transform is not None:
+            return self._transform(photo.image).unsqueeze(0)
+        return crop_batch([photo], model_name=self.model_name, n_per_photo=self.crops, seed=self.seed)
+
+
+def collate_unlabelled(items) -> tuple[torch.Tensor, None]:
+    """``DataLoader`` collate for :class:`PhotoFolder`: the items' images concatenated, no labels."""
+    return torch.cat(list(items)), None
+
+
+@torch.no_grad()
+def logits(model, x: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+    """``model(x)`` in batches of ``batch_size`` along the first dimension, concatenated."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()

