@@ -437,12 +437,15 @@ _SEED = dict(act_site="output", first_layer_bits=8, last_layer_bits=8, pool_bits
 _SEQ = dict(calibration="sequential", bias_correction="empirical")
 _MSE = dict(mse_candidates=50)
 _BEST_PT = {
-    # 4-bit weights: MSE-clipped per-channel weight grids, layers quantized in order, each layer's bias matching
-    # the float mean output after the activation it feeds
+    # 4-bit weights: MSE-clipped per-channel weight grids; layers quantized in order, each on the outputs of the
+    # quantized layers before it, its bias matching the float mean output after the activation it feeds
     "w4a8-best": QuantConfig(weight_bits=4, act_bits=8, weight_clipping="mse", **_MSE, **_SEQ),
-    # 4-bit activations only: per-tensor MSE-optimal clipping of the float statistics
-    "w8a4-best": QuantConfig(weight_bits=8, act_bits=4, act_clipping="mse", **_MSE),
-    "w4a4-best": QuantConfig(weight_bits=4, act_bits=4, weight_clipping="mse", act_clipping="mse", **_MSE, **_SEQ),
+    # 4-bit activations only: per-tensor MSE-optimal clipping of the float statistics, and the mean output shift
+    # of quantization corrected in the bias (on-grid: the weights stay integers)
+    "w8a4-best": QuantConfig(weight_bits=8, act_bits=4, act_clipping="mse", bias_correction="mean",
+                             bias_form="on-grid", **_MSE),
+    # both: the 4-bit weights of w4a8-best, activations clipped by the measured best of min/max, Laplace, Gauss
+    "w4a4-best": QuantConfig(weight_bits=4, act_bits=4, weight_clipping="mse", act_clipping="mix", **_MSE, **_SEQ),
 }
 _BEST = {**_BEST_PT, **{f"{k}-pc": v.replace(act_granularity=PerChannel(axis=1)) for k, v in _BEST_PT.items()}}
 

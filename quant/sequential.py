@@ -69,19 +69,30 @@ def activation_shift(y: torch.Tensor, bounds, target: np.ndarray, axis: int, *, 
     (1.0, 1.5)
     """
     rows = y.detach().movedim(axis, 0).reshape(y.shape[axis], -1)
-    v = rows[:, ::max(1, rows.shape[1] // samples)].double()
-    c = v.shape[0]
-    lo, hi = (torch.as_tensor(np.array(np.broadcast_to(np.asarray(b, np.float64), (c,)))) for b in bounds)
-    tgt = torch.minimum(torch.maximum(torch.as_tensor(np.asarray(target, np.float64)), lo), hi)
-    vmin, vmax = v.amin(1), v.amax(1)
-    a = lo - vmax                                        # every value on lo: the mean is lo <= target
-    b = torch.where(torch.isfinite(hi), hi - vmin,       # every value on hi: the mean is hi >= target
-                    (tgt - v.mean(1)).abs() + (vmax - vmin) + (tgt - lo).abs() + 1.0)
+    sample = rows[:, ::max(1, rows.shape[1] // samples)].cpu().numpy()
+    v = torch.from_numpy(np.sort(sample, axis=1).astype(np.float64))     # numpy sorts ~7x faster than torch
+    c, n = v.shape
+    lo, hi = (torch.as_tensor(np.array(np.broadcast_to(np.asarray(b, np.float64), (c,))))[:, None] for b in bounds)
+    tgt = torch.minimum(torch.maximum(torch.as_tensor(np.asarray(target, np.float64))[:, None], lo), hi)
+    # the mean is piecewise linear in d: on the sorted values with prefix sums, each evaluation is a search
+    prefix = torch.cat([torch.zeros(c, 1, dtype=v.dtype), torch.cumsum(v, 1)], 1)
+    finite = torch.isfinite(hi)
+
+    def mean(d):
+        k_lo = torch.searchsorted(v, lo - d)                  # values clamped to lo
+        k_hi = torch.searchsorted(v, hi - d, right=True)      # values at most hi - d: not clamped to hi
+        middle = prefix.gather(1, k_hi) - prefix.gather(1, k_lo) + (k_hi - k_lo) * d
+        top = torch.where(finite, (n - k_hi) * torch.where(finite, hi, 0.0), 0.0)
+        return (k_lo * lo + middle + top) / n
+
+    a = lo - v[:, -1:]                                    # every value on lo: the mean is lo <= target
+    b = torch.where(finite, hi - v[:, :1],                # every value on hi: the mean is hi >= target
+                    (tgt - prefix[:, -1:] / n).abs() + (v[:, -1:] - v[:, :1]) + (tgt - lo).abs() + 1.0)
     for _ in range(steps):
         m = (a + b) / 2
-        up = torch.minimum(torch.maximum(v + m[:, None], lo[:, None]), hi[:, None]).mean(1) < tgt
+        up = mean(m) < tgt
         a, b = torch.where(up, m, a), torch.where(up, b, m)
-    return ((a + b) / 2).numpy()
+    return ((a + b) / 2)[:, 0].numpy()
 
 
 class _Pending(nn.Module):
