@@ -1,14 +1,16 @@
 """Fake-quantized evaluation time on CPU: quantized/float forward time, and where the overhead goes.
 
-A fake-quantized model (:func:`aciq.quant.quantize`, ``backend="fake"``) runs the float conv/linear with
-the quantized weights, and a :class:`aciq.quant.fake.FakeQuant` on each quantized activation: 7 element-wise
-torch ops (divide, round, add, clamp, minimum, subtract, multiply), each allocating its result. The aim is
-at most 1.5x the float model.
+A quantized model (:func:`aciq.quant.quantize`, ``backend="fake"``) runs each layer whose input is quantized
+on the integer codes (:class:`aciq.quant.modules.QuantizedLayer`: the codes of the input, the torch conv of
+codes and integer weights, exact in float32 while the sums stay below 2^24, else in float64 (per-channel
+activation grids of a dense layer, on one dyadic unit), then one multiply and one add); the seed's output-site
+layers run the float conv in float64 and a :class:`aciq.quant.fake.FakeQuant` on each output. The aim is at
+most 1.5x the float model.
 
 Models and batches: torchvision resnet18 (``weights=None``) at 224x224, batch 8; the Fashion-MNIST ResNet-20
 (committed weights, else a random init) at 28x28, batch 256; EfficientNet-Lite0 (:mod:`aciq.quant.zoo`) at
 224x224, batch 8, if installed. Presets: ``w4a4-naive`` (activations per channel, at the input of every
-conv/linear), ``w4a4-pt-aciq`` (per tensor), ``seed-w4a4-all`` (the seed's: outputs of every conv/linear
+conv/linear), ``w4a4-pt-aciq`` and ``w4a4-best`` (per tensor), ``seed-w4a4-all`` (the seed's: outputs of every conv/linear
 and pooling, per channel, with bit allocation). Each is calibrated once on a few images (with one thread);
 the timed input is a fixed random batch. For each ``torch.set_num_threads`` value the float model, the float
 model with its BatchNorm folded (``folded``: the quantized models have BN folded, which alone saves time)
@@ -56,7 +58,7 @@ from aciq.quant import preset, quantize
 from aciq.quant.fake import FakeQuant, grid_params
 from aciq.quant.fold import fold_batchnorm
 
-PRESETS = ("w4a4-naive", "w4a4-pt-aciq", "seed-w4a4-all")
+PRESETS = ("w4a4-naive", "w4a4-pt-aciq", "w4a4-best", "seed-w4a4-all")
 MODELS = ("resnet18", "resnet20_fmnist", "efficientnet_lite0")
 VARIANTS = ("noop", "inplace", "short", "fused")
 

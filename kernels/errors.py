@@ -23,59 +23,76 @@ CHUNK = 1 << 16
 
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
 def _errors(x, scale, zp, qmax, half, consts, out):
+    # x: (C, n); grids (K, C); out: (C, K). Tasks: (row, chunk) pairs, each with its own sums, added in order.
     # consts = (0, 1/2) in x's dtype: every operation stays in that dtype, as in the torch fake-quantizer
     zero, one_half = consts[0], consts[1]
-    n, k_count = x.size, scale.size
+    rows, n = x.shape
+    k_count = scale.shape[0]
     chunks = (n + CHUNK - 1) // CHUNK
-    partial = np.zeros((chunks, k_count))
-    for c in prange(chunks):
+    partial = np.zeros((rows * chunks, k_count))
+    for t in prange(rows * chunks):
+        r, c = t // chunks, t % chunks
         lo, hi = c * CHUNK, min(n, (c + 1) * CHUNK)
+        xr = x[r]
         for k in range(k_count):
-            s, z, m = scale[k], zp[k], qmax[k]
+            s, z, m = scale[k, r], zp[k, r], qmax[k, r]
             acc = 0.0
-            if half[k]:
+            if half[k, r]:
                 for i in range(lo, hi):
-                    v = x[i]
+                    v = xr[i]
                     q = min(max(np.floor(v / s) + one_half + z, zero), m)
                     e = (q - z) * s - v
                     acc += e * e
             else:
                 for i in range(lo, hi):
-                    v = x[i]
+                    v = xr[i]
                     q = min(max(np.rint(v / s) + z, zero), m)
                     e = (q - z) * s - v
                     acc += e * e
-            partial[c, k] = acc
-    for c in range(chunks):
-        for k in range(k_count):
-            out[k] += partial[c, k]
+            partial[t, k] = acc
+    for r in range(rows):
+        for c in range(chunks):
+            for k in range(k_count):
+                out[r, k] += partial[r * chunks + c, k]
 
 
 def grid_errors(x: np.ndarray, scale, zero_point, qmax, half) -> np.ndarray:
-    r"""``out[k]`` :math:`= \sum_i (Q_k(x_i) - x_i)^2` for the per-tensor grids ``k`` (float64, shape ``(K,)``).
+    r"""The squared error of ``x`` on each of K grids: per tensor, ``out[k]`` :math:`= \sum_i (Q_k(x_i) - x_i)^2`
+    (float64, shape ``(K,)``); per channel, ``x`` of shape ``(C, n)`` (row ``c`` = every value of channel ``c``)
+    and grids of shape ``(K, C)``: ``out[c, k]`` sums over row ``c`` (shape ``(C, K)``).
 
-    ``x``: float32 or float64, any shape; ``scale``, ``zero_point``, ``qmax`` (levels - 1), ``half`` (the zero
-    point is a half-integer): one value per grid. The squares are formed in ``x``'s dtype (as the torch
-    fake-quantizer forms them) and summed in float64 per chunk of :data:`CHUNK` values.
+    ``x``: float32 or float64; ``scale``, ``zero_point``, ``qmax`` (levels - 1), ``half`` (the zero point is a
+    half-integer): ``(K,)`` per tensor, ``(K, C)`` per channel. The squares are formed in ``x``'s dtype (as
+    the torch fake-quantizer forms them) and summed in float64 per chunk of :data:`CHUNK` values.
 
     Examples
     --------
     >>> x = np.float32([-1.0, -0.2, 0.0, 0.7, 1.0])
     >>> e = grid_errors(x, scale=[2 / 3, 0.5], zero_point=[1.5, 2.0], qmax=[3, 4], half=[True, False])
     >>> [round(float(v), 6) for v in e]
-    [0.206667, 0.13]
+    [0.218889, 0.08]
+    >>> grid_errors(np.float32([[0.0, 1.0], [0.25, 0.5]]), scale=[[1.0, 0.5]], zero_point=[[0.0, 0.0]],
+    ...             qmax=[[1, 1]], half=[[False, False]]).tolist()
+    [[0.0], [0.0625]]
     """
-    x = np.ascontiguousarray(x).reshape(-1)
+    x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    scale, zp, qmax = (np.ascontiguousarray(np.asarray(v, np.float64).astype(x.dtype)).reshape(-1)
-                       for v in (scale, zero_point, qmax))
-    half = np.ascontiguousarray(np.asarray(half, np.bool_)).reshape(-1)
-    if not (scale.size == zp.size == qmax.size == half.size):
-        raise ValueError(f"scale, zero_point, qmax and half need one value per grid, got sizes "
-                         f"{scale.size}, {zp.size}, {qmax.size}, {half.size}")
+    per_channel = np.ndim(scale) == 2
+    grids = [np.asarray(v) for v in (scale, zero_point, qmax, half)]
+    if any(g.shape != grids[0].shape for g in grids):
+        raise ValueError(f"scale, zero_point, qmax and half need one shape, got {[g.shape for g in grids]}")
+    if per_channel and (x.ndim != 2 or x.shape[0] != grids[0].shape[1]):
+        raise ValueError(f"per-channel grids {grids[0].shape} need x of shape (C={grids[0].shape[1]}, n), "
+                         f"got {x.shape}")
+    if not per_channel and grids[0].ndim != 1:
+        raise ValueError(f"grids must be (K,) per tensor or (K, C) per channel, got {grids[0].shape}")
+    x2 = np.ascontiguousarray(x if per_channel else x.reshape(1, -1))
+    scale, zp, qmax = (np.ascontiguousarray(np.asarray(v, np.float64).astype(x.dtype).reshape(len(v), -1))
+                       for v in grids[:3])
+    half = np.ascontiguousarray(np.asarray(grids[3], np.bool_).reshape(len(grids[3]), -1))
     if not np.all(scale > 0):
         raise ValueError("scale must be > 0 on every grid")
-    out = np.zeros(scale.size)
-    _errors(x, scale, zp, qmax, half, np.array([0.0, 0.5], x.dtype), out)
-    return out
+    out = np.zeros((x2.shape[0], scale.shape[0]))
+    _errors(x2, scale, zp, qmax, half, np.array([0.0, 0.5], x.dtype), out)
+    return out if per_channel else out[0]

@@ -222,17 +222,20 @@ def candidate_errors(stats: SiteStats, spec: SiteSpec):
     else:
         return {}
     grids = [grid_params(lo, hi, bits, axis=0) for lo, hi in windows]
-    one_pass = None
-    if not spec.per_channel and all(np.all(g.bits > 0) for g in grids):
-        one_pass = tuple(np.array([float(getattr(g, f)[0]) for g in grids]) for f in ("scale", "zero_point", "qmax"))
-        one_pass += (np.array([bool(g.has_half) for g in grids]),)
+    one_pass = None        # (K, C) arrays for the compiled pass: every grid in one read of the data
+    if all(np.all(g.bits > 0) for g in grids):
+        one_pass = tuple(np.stack([np.broadcast_to(getattr(g, f), (view.channels,)) for g in grids])
+                         for f in ("scale", "zero_point", "qmax", "half"))
 
     def errors(rows: torch.Tensor, start: int = 0) -> torch.Tensor:
-        if one_pass is not None and rows.device.type == "cpu":    # per tensor: every grid in one read of the data
+        if one_pass is not None and rows.device.type == "cpu":
             from aciq.kernels.errors import grid_errors
 
-            x = rows.clamp(min=0) if spec.half else rows
-            return torch.from_numpy(grid_errors(x.detach().numpy(), *one_pass))
+            x = (rows.clamp(min=0) if spec.half else rows).detach().numpy()
+            if spec.per_channel:
+                sl = slice(start, start + rows.shape[0])
+                return torch.from_numpy(grid_errors(x, *(a[:, sl] for a in one_pass)))
+            return torch.from_numpy(grid_errors(x.reshape(-1), *(a[:, 0] for a in one_pass)))
         if spec.per_channel:
             x, sl = rows, slice(start, start + rows.shape[0])
             block = grids if (start, rows.shape[0]) == (0, view.channels) else [_grid_rows(g, sl) for g in grids]

@@ -150,4 +150,23 @@ def test_every_grid_names_real_presets():
         assert grid[0] == "float" and all(p in PRESETS for p in grid[1:])
     assert set(embedded.TABLE_PRESETS) <= set(embedded.FULL_PRESETS)
     for bits in ("w8a4", "w4a8", "w4a4"):         # the paper's rows and the best recipes
-        assert {f"{bits}-naive", f"{bits}-best", f"{bits}-best-pc"} <= set(embedded.TABLE_PRESETS)
+        assert {f"{bits}-naive", f"{bits}-best"} <= set(embedded.TABLE_PRESETS)
+        assert f"{bits}-best-pc" in embedded.FULL_PRESETS
+
+
+def test_cli_quick_grid_writes_the_table_and_resumes(tmp_path, capsys):
+    """`aciq results --grid quick` on the Fashion-MNIST ResNet-20 (1000 test images, three rows)."""
+    from aciq.theory.cli import main
+
+    argv = ["results", "--grid", "quick", "--only", "resnet20_fmnist", "--out", str(tmp_path), "--no-progress",
+            "--threads", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [str(tmp_path / "results-resnet20-fmnist-quick.csv"),
+                           str(tmp_path / "results-resnet20-fmnist-quick.md")]
+    assert "3 rows computed, 0 from the cache" in err and "1 torch threads" in err
+    rows = _read(tmp_path / "results-resnet20-fmnist-quick.csv")
+    assert [r["preset"] for r in rows] == list(embedded.QUICK_PRESETS) and rows[0]["n"] == "1000"
+    assert float(rows[0]["agreement"]) == 100.0 and 80 < float(rows[2]["top1"]) <= 100
+    assert main(argv) == 0
+    assert "0 rows computed, 3 from the cache" in capsys.readouterr().err
