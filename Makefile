@@ -31,7 +31,7 @@ data:
 reproduce: $(STAMP) data
 	$(BIN)/aciq figures --out figures/
 	$(BIN)/aciq tables --out figures/
-	$(BIN)/aciq model-figures --model resnet20_fmnist efficientnet_lite0 --out figures/
+	$(BIN)/aciq model-figures --model resnet20_fmnist mobilenet_fmnist efficientnet_lite0 --out figures/
 	$(BIN)/aciq results --out figures/ --threads $(THREADS)
 
 reproduce-clean:

@@ -9,7 +9,7 @@ BN folding, observers and module swaps see the whole graph through ``named_modul
 
 The width is chosen so that 4 bits hurt, as they do on ImageNet depthwise networks. Trained for 10 epochs
 (otherwise the same schedule), scored on the 10 000 test images (float top-1; top-1 lost by ``w4a4-naive``,
-``w4a4-pt-minmax``; calibration as in :func:`aciq.quant.embedded.fmnist_table`):
+``w4a4-pt-minmax``; calibration as in :mod:`aciq.quant.embedded`):
 
 * 8/3 as wide (16-channel stem, 104 K parameters): 91.81 %; 1.0 and 5.2 points;
 * 4/3 as wide (8-channel stem, 30 K parameters): 91.17 %; 2.5 and 4.2 points;

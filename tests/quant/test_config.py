@@ -89,6 +89,17 @@ EXPECTED = {
                         weight_clipping="minmax", weight_bit_alloc=None, bias_correction="off"),
     "w4a8-kmeans-bias": dict(PLAIN, weight_bits=4, act_bits=8, weight_granularity=PC_W, weight_quantizer="kmeans",
                              weight_clipping="minmax", weight_bit_alloc=None, bias_correction="mean"),
+    # the best recipes found without backprop (issue 8): per-tensor activations, and -pc with per-channel ones
+    **{f"{name}{suffix}": dict(PLAIN, weight_bits=w, act_bits=a, weight_granularity=PC_W, act_granularity=act_g,
+                               mse_candidates=50, **fields)
+       for suffix, act_g in [("", PT), ("-pc", PC_A)]
+       for name, w, a, fields in [
+           ("w4a8-best", 4, 8, dict(weight_clipping="mse", act_clipping="minmax", calibration="sequential",
+                                    bias_correction="empirical", act_bit_alloc=None, weight_bit_alloc=None)),
+           ("w8a4-best", 8, 4, dict(weight_clipping="minmax", act_clipping="mse", bias_correction="mean",
+                                    bias_form="on-grid", act_bit_alloc=None, weight_bit_alloc=None)),
+           ("w4a4-best", 4, 4, dict(weight_clipping="mse", act_clipping="mix", calibration="sequential",
+                                    bias_correction="empirical", act_bit_alloc=None, weight_bit_alloc=None))]},
 }
 
 
