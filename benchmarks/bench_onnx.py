@@ -7,10 +7,12 @@ For each model and preset: quantize (the embedded protocol of :mod:`aciq.quant.e
   model on the evaluation inputs, the number of inputs that differ, the largest and mean |logit difference|,
   for each ONNX Runtime optimization level asked (``all`` = its default, QDQ fusions on; ``basic`` = every
   Q/DQ runs as written);
-* **noise floor** (``--noise-floor``): how much aciq's fake-quantized model disagrees with *itself* under a
-  change of float rounding alone: the same model in float64 (every grid unchanged), and one input at a time
-  instead of whole batches (other conv algorithms). ONNX Runtime sums in yet another order; where the model
-  itself flips at this rate, so does the file;
+* **noise floor** (``--noise-floor``): how much aciq's quantized model disagrees with *itself* under a change
+  of float rounding alone: the same model in float64 (every grid unchanged; the float operations between the
+  quantized layers round differently), and one input at a time instead of whole batches (100 % by
+  construction: the quantized layers sum their integer codes exactly, so this checks the bit-identity). ONNX
+  Runtime convolves the dequantized values in float32, which rounds; a model that flips under the float64
+  change is as sensitive to that;
 * **speed**: one fixed batch through torch float, aciq fake-quant and the ONNX Runtime session, interleaved
   rounds after a warm-up, medians and the ratios to float from the same run (``--threads`` torch and ONNX
   Runtime intra-op threads).
