@@ -24,7 +24,8 @@ crops, each fold with its own file. Presets: W4A8 (``w4a8-alloc-bias`` with the 
 W4A4 (``w4a4-all-ongrid``), W4A4 per tensor (``w4a4-pt-aciq``), and any ``*-best`` preset that exists.
 
 Usage: ``python benchmarks/bench_onnx.py [--models resnet20_fmnist efficientnet_lite0] [--limit N]
-[--presets ...] [--optimizations all basic] [--noise-floor] [--threads 1] [--repeat 5] [--json OUT]``.
+[--presets ...] [--form qdq|integer] [--optimizations all basic] [--noise-floor] [--threads 1] [--repeat 5]
+[--json OUT]``.
 Timings never gate CI.
 """
 from __future__ import annotations
@@ -113,7 +114,8 @@ def noise_floor(qmodel, inputs, batch=256):
     return same(ref, f64), same(ref, ones)
 
 
-def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder, noise=False, log=print):
+def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder, noise=False, form="qdq",
+        log=print):
     rows = []
     torch.set_num_threads(threads)
     for model_name in models:
@@ -126,7 +128,7 @@ def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder,
                 qmodel = quantize(model, _config(name), calib)
                 path = Path(folder) / f"{model_name}-{name}-{i}.onnx"
                 t0 = time.perf_counter()
-                info = export_onnx(qmodel, inputs[:2], path)
+                info = export_onnx(qmodel, inputs[:2], path, form=form)
                 export_s += time.perf_counter() - t0
                 containers |= set(info.containers())
                 for o in optimizations:
@@ -139,7 +141,8 @@ def run(models, presets, *, limit, optimizations, threads, repeat, seed, folder,
                     ort_run(session, batch[:1])
                     timing = time_three(model, qmodel, session, batch, repeat)
                     size = os.path.getsize(path)
-            row = {"model": model_name, "preset": name, "containers": sorted(containers), "export_s": export_s,
+            row = {"model": model_name, "preset": name, "form": form, "containers": sorted(containers),
+                   "export_s": export_s,
                    "file_mb": size / 2**20, "batch": len(batch), "threads": threads,
                    **{f"t_{k}_ms": 1e3 * v for k, v in timing.items()},
                    "ort_vs_float": timing["onnxruntime"] / timing["float"],
@@ -196,6 +199,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--form", choices=("qdq", "integer"), default="qdq",
+                        help="export form (aciq.quant.export_onnx): standard QDQ, or integer convs then scales")
     parser.add_argument("--keep", help="keep the .onnx files in this folder")
     parser.add_argument("--noise-floor", action="store_true",
                         help="also score aciq against itself in float64 and at batch 1 (see the docstring)")
@@ -209,7 +214,8 @@ def main(argv=None) -> int:
         folder = args.keep or tmp
         os.makedirs(folder, exist_ok=True)
         rows = run(args.models, presets, limit=args.limit, optimizations=args.optimizations,
-                   threads=args.threads, repeat=args.repeat, seed=args.seed, folder=folder, noise=args.noise_floor)
+                   threads=args.threads, repeat=args.repeat, seed=args.seed, folder=folder, noise=args.noise_floor,
+                   form=args.form)
     print_report(rows, args.optimizations)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -313,6 +313,8 @@ def _quantize(spec, model, config: QuantConfig, calib, device, dist):
     from .observe import Statistics
 
     batches = [calib[i:i + spec.batch_size].to(device) for i in range(0, len(calib), spec.batch_size)]
+    if config.calibration == "sequential":
+        return _quantize_sequential(spec, model, config, batches, dist)
     p = prepare(model, batches[0], config)
 
     def make():
@@ -326,6 +328,30 @@ def _quantize(spec, model, config: QuantConfig, calib, device, dist):
     qmodel = convert(p, config, stats, backend=spec.backend, calibration_data=batches)
     check_identical(qmodel, dist)
     return qmodel, stats, (lambda: prepare(model, batches[0], config).model)
+
+
+def _check_sequential_options(spec, config) -> None:
+    if config.calibration == "sequential" and (getattr(spec, "stats_load", None) or getattr(spec, "stats_save", None)):
+        raise ValueError("--stats-load/--stats-save: this preset calibrates sequentially (calibration='sequential', "
+                         "the *-best presets): each layer is measured on the partly quantized model, so there are "
+                         "no float-model statistics to save or load; drop the option")
+
+
+def _quantize_sequential(spec, model, config: QuantConfig, batches, dist):
+    """``_quantize`` for ``calibration='sequential'``: every rank runs :func:`aciq.quant.quantize` on the same
+    calibration batches (deterministic, so the models are identical; checked); no statistics to share."""
+    from .api import prepare, quantize
+    from .distributed import check_identical
+
+    _check_sequential_options(spec, config)
+    qmodel = quantize(model, config, batches, backend=spec.backend)
+    check_identical(qmodel, dist)
+    return qmodel, None, (lambda: prepare(model, batches[0], config).model)
+
+
+def _images(stats, calib) -> int:
+    """Calibration images behind a model: its statistics' count, or all of ``calib`` (sequential presets)."""
+    return len(calib) if stats is None else stats.images
 
 
 def _score(spec, *, model_name, preset_name, config, qmodel, model, loader, data_desc, device, dist,
@@ -375,7 +401,7 @@ def run(spec, *, model_name: str, preset_name: str | None, config: QuantConfig |
         qmodel, calib_n = model, 0
     else:
         qmodel, stats, folded = _quantize(spec, model, config, calib, device, dist)
-        calib_n = stats.images
+        calib_n = _images(stats, calib)
         if keep:
             from .sensitivity import high_precision, keep_layers
 
@@ -681,7 +707,7 @@ def _cmd_sensitivity(args) -> int:
         high = _quantize(args, model, high_precision(config), calib, device, dist)[0] if keeps[-1] else None
         calib_s = time.perf_counter() - t0
         score = dict(model=model, loader=loader, data_desc=data_desc, device=device, dist=dist,
-                     calib_n=stats.images, calib_s=calib_s)
+                     calib_n=_images(stats, calib), calib_s=calib_s)
         keep_rows, bits_rows = [], []
         for k in keeps:
             names = [r["layer"] for r in ranking[:k]]
@@ -695,7 +721,7 @@ def _cmd_sensitivity(args) -> int:
             t1 = time.perf_counter()
             qm, st, _ = _quantize(args, model, cfg, calib, device, dist)
             row = _score(args, **{**base, "preset_name": f"{preset_name}@{b}bit"}, config=cfg, qmodel=qm,
-                         **{**score, "calib_n": st.images, "calib_s": time.perf_counter() - t1})
+                         **{**score, "calib_n": _images(st, calib), "calib_s": time.perf_counter() - t1})
             row.update(sweep="bits", keep=0, bits=b, kept="")
             bits_rows.append(row)
     if not dist.is_main:
@@ -809,7 +835,7 @@ def _add_export(subparsers) -> None:
 
     def cmd(args) -> int:
         _threads(args)
-        from .api import collect_statistics, convert, prepare
+        from .api import collect_statistics, convert, prepare, quantize
         from .export import export_onnx
         from .observe import Statistics
         from .zoo import MODELS
@@ -822,11 +848,16 @@ def _add_export(subparsers) -> None:
         calib, loader, data_desc = _data(args, args.model)
         model = _load(args.model, args.weights)
         batches = [calib[i:i + args.batch_size] for i in range(0, len(calib), args.batch_size)]
-        p = prepare(model, batches[0], config)
-        stats = (Statistics.load(args.stats_load) if args.stats_load
-                 else collect_statistics(model, config, batches, prepared=p))
-        qmodel = convert(p, config, stats)
-        info = export_onnx(qmodel, batches[0][:2], args.out, opset=args.opset, int4=not args.no_int4)
+        if config.calibration == "sequential":
+            _check_sequential_options(args, config)
+            qmodel = quantize(model, config, batches)
+        else:
+            p = prepare(model, batches[0], config)
+            stats = (Statistics.load(args.stats_load) if args.stats_load
+                     else collect_statistics(model, config, batches, prepared=p))
+            qmodel = convert(p, config, stats)
+        info = export_onnx(qmodel, batches[0][:2], args.out, opset=args.opset, int4=not args.no_int4,
+                           form=args.form)
         row = {"model": args.model, "preset": args.preset or "custom", "config": config.describe(),
                **info.to_dict()}
         if args.check:
@@ -855,6 +886,10 @@ def _add_export(subparsers) -> None:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=21, help="ONNX opset (default 21; >= 21 for UINT4 weights)")
     p.add_argument("--no-int4", action="store_true", help="4-bit weights in UINT8 instead of UINT4")
+    p.add_argument("--form", choices=("qdq", "integer"), default="qdq",
+                   help="qdq (default): DequantizeLinear with the real scales before every conv; integer: "
+                        "unit-scale DequantizeLinear, integer-valued convs, then one Mul by the output scales, so "
+                        "ONNX Runtime computes what aciq computes (see aciq.quant.export_onnx)")
     p.add_argument("--check", action="store_true",
                    help="run the file in ONNX Runtime on the evaluation data and report its agreement with aciq")
     _add_data_options(p)

@@ -36,23 +36,67 @@ from .fake import FakeQuant, GridParams
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
 from .qdq import CONTAINER_KEY, ActQDQ, LayerQDQ, OutputQDQ
 
-__all__ = ["export_onnx", "OnnxExport", "EXPORTERS", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "OnnxExport", "EXPORTERS", "DEFAULT_OPSET", "FORMS"]
 
 DEFAULT_OPSET = 21   # the first opset with INT4/UINT4 QuantizeLinear/DequantizeLinear
 MIN_OPSET = 18       # the oldest the dynamo exporter writes
 
 
-def _layer(m, **kw):
-    return LayerQDQ(copy.deepcopy(m.layer).cpu(), m.quant, **kw)
+FORMS = ("qdq", "integer")
+
+
+def _integer_path(m) -> tuple | None:
+    """``(row_scale, bias)`` of a layer whose integer path the integer form writes exactly, else None.
+
+    That is a :class:`QuantizedLayer` on the float32 integer path whose convolution operands are the plain
+    codes minus zero points: no seed-form offset rows, no half-integer or 0-bit input channels, and an integer
+    weight equal to ``codes - zero_point`` (not so for a dense layer with per-channel input steps, whose
+    weight carries the steps' integer multipliers).
+    """
+    if type(m) is not QuantizedLayer or not m.exact or m.has_offset or m.int_weight.dtype != torch.float32:
+        return None
+    grid = m.act_in.grid
+    if grid.has_half or bool(np.any(np.asarray(grid.bits) == 0)):
+        return None
+    return m.row_scale, m.out_bias
+
+
+def _row_signs(file_ints: torch.Tensor, aciq_ints: torch.Tensor) -> torch.Tensor | None:
+    """Per output row, c with ``file_ints = c * aciq_ints`` where they differ only on 0-bit rows, else None.
+
+    aciq's integer path runs a 0-bit row (the constant ``f``) as all ones times a row scale ``f``; the file
+    stores it as the one code ``sign(f)`` with scale ``|f|`` (:func:`aciq.quant.qdq.weight_codes`), so its row
+    scale is multiplied by ``sign(f)`` (-1 flips the sign of a product exactly; 0 gives the same 0).
+    """
+    a, b = file_ints.reshape(len(file_ints), -1), aciq_ints.reshape(len(aciq_ints), -1)
+    signs = torch.ones(len(a))
+    for n in torch.nonzero((a != b).any(1)).flatten().tolist():
+        c = float(a[n, 0])
+        if not (bool((b[n] == 1).all()) and bool((a[n] == c).all()) and c in (-1.0, 0.0)):
+            return None
+        signs[n] = c if c != 0 else 1.0
+    return signs
+
+
+def _layer(m, *, int4, opset, form="qdq"):
+    exact = _integer_path(m) if form == "integer" else None
+    if exact is not None:
+        plain = LayerQDQ(copy.deepcopy(m.layer).cpu(), m.quant, int4=int4, opset=opset)
+        signs = _row_signs(plain.weight.integers(), m.int_weight.detach().cpu())
+        if signs is None:
+            return plain
+        row_scale, bias = exact
+        exact = (row_scale.detach().cpu() * signs.to(row_scale.dtype), bias)
+    return LayerQDQ(copy.deepcopy(m.layer).cpu(), m.quant, int4=int4, opset=opset, exact=exact)
 
 
 EXPORTERS = {
-    # module type (exact) -> builder(module, *, int4, opset) of its QDQ form; add new quantized modules here
+    # module type (exact) -> builder(module, *, int4, opset, form) of its QDQ form; add new quantized modules here
     QuantizedLayer: _layer,
     KernelLayer: _layer,
-    QuantizedOutput: lambda m, *, int4, opset: OutputQDQ(copy.deepcopy(m.module).cpu(), m.act_out.grid,
-                                                         opset=opset),
-    FakeQuant: lambda m, *, int4, opset: ActQDQ(m.grid, opset=opset),
+    QuantizedOutput: lambda m, *, int4, opset, form: OutputQDQ(copy.deepcopy(m.module).cpu(), m.act_out.grid,
+                                                               opset=opset),
+    FakeQuant: lambda m, *, int4, opset, form: ActQDQ(m.grid, opset=opset),
 }
 
 
@@ -218,7 +262,7 @@ def _strip_stack_traces(model) -> None:
 
 # --------------------------------------------------------------------------- export
 def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, opset: int = DEFAULT_OPSET,
-                int4: bool = True) -> OnnxExport:
+                int4: bool = True, form: str = "qdq") -> OnnxExport:
     """Write ``qmodel`` (quantized by :func:`aciq.quant.quantize`) to ``path`` as a QDQ ONNX model.
 
     Parameters
@@ -235,6 +279,14 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, opset: 
         Store weights of at most 4 bits as ``UINT4`` (needs ``opset >= 21``); False keeps them in ``UINT8``.
         Activations are always ``UINT8`` with their 4-bit range kept by a ``Min`` clamp (the module docstring
         of :mod:`aciq.quant.qdq` says why).
+    form : {"qdq", "integer"}
+        ``"qdq"``: the standard form, ``DequantizeLinear`` with the real scales before every conv/linear (what
+        runtimes and compilers fuse into integer kernels). ``"integer"``: where a layer runs on aciq's float32
+        integer path (per-tensor inputs, depthwise per-channel inputs), its ``DequantizeLinear`` nodes have
+        scale 1, so the conv sums integer-valued tensors (exact in float32), and one ``Mul`` by the per-channel
+        output scale and one ``Add`` of the bias follow: ONNX Runtime then computes what aciq computes, bit
+        for bit up to the float operations between layers. Other layers keep the QDQ form; ``modules`` says
+        which form each layer has.
 
     Returns
     -------
@@ -263,6 +315,8 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, opset: 
     if int4 and opset < DEFAULT_OPSET:
         raise ValueError(f"int4=True needs opset >= {DEFAULT_OPSET} (UINT4 Q/DQ), got opset={opset}; "
                          "pass int4=False for 8-bit containers")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     path = _check_path(path)
     if not isinstance(qmodel, nn.Module):
         raise ValueError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
@@ -276,7 +330,7 @@ def export_onnx(qmodel: nn.Module, example_input: torch.Tensor, path, *, opset: 
         q = getattr(m, "quant", None)
         if isinstance(q, LayerQuant):
             _check_bias_form(name, q)
-        twin = EXPORTERS[type(m)](m, int4=int4, opset=opset)
+        twin = EXPORTERS[type(m)](m, int4=int4, opset=opset, form=form)
         if isinstance(q, LayerQuant):
             _check_weight(name, twin, q)
         memo[id(m)] = twin

@@ -95,7 +95,7 @@ def _channel_view(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 class ActQDQ(nn.Module):
     """``QuantizeLinear -> [Min] -> DequantizeLinear [-> Where]`` of one activation grid (export only)."""
 
-    def __init__(self, grid: GridParams, *, opset: int):
+    def __init__(self, grid: GridParams, *, opset: int, unit: bool = False):
         super().__init__()
         bits = np.asarray(grid.bits)
         per_channel = bits.ndim == 1
@@ -106,6 +106,9 @@ class ActQDQ(nn.Module):
         self.opset = opset
         self.register_buffer("scale", torch.as_tensor(np.asarray(grid.scale), dtype=torch.float32))
         self.register_buffer("zero_point", torch.as_tensor(np.asarray(grid.zero_point), dtype=self.cont.storage))
+        # unit: DequantizeLinear with scale 1 gives the integer codes minus the zero point (the integer form)
+        self.unit = unit
+        self.register_buffer("dq_scale", torch.ones_like(self.scale) if unit else self.scale.clone())
         qmax = np.asarray(grid.qmax)
         self.clamp = bool(np.any(qmax < self.cont.hi))
         self.register_buffer("qmax", torch.as_tensor(qmax, dtype=self.cont.storage))
@@ -123,7 +126,7 @@ class ActQDQ(nn.Module):
         if self.clamp:
             qmax = self.qmax if self.axis is None else _channel_view(self.qmax, x, self.axis)
             q = _symbolic("Min", (q, qmax), {}, dtype=self.cont.onnx_type, like=x, opset=self.opset)
-        y = _symbolic("DequantizeLinear", (q, self.scale, self.zero_point), attrs, dtype=x.dtype, like=x,
+        y = _symbolic("DequantizeLinear", (q, self.dq_scale, self.zero_point), attrs, dtype=x.dtype, like=x,
                       opset=self.opset, meta=meta)
         if self.dead:
             mask, fill = self.dead_mask, self.fill
@@ -134,7 +137,7 @@ class ActQDQ(nn.Module):
 
     def describe(self) -> dict:
         return {"bits": self.bits, "container": self.cont.name, "clamp": self.clamp,
-                "per_channel": self.axis is not None, "zero_bit_channels": self.dead}
+                "per_channel": self.axis is not None, "zero_bit_channels": self.dead, "unit_scale": self.unit}
 
 
 def weight_codes(q: LayerQuant, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,7 +165,7 @@ def weight_codes(q: LayerQuant, shape) -> tuple[np.ndarray, np.ndarray, np.ndarr
 class IntWeight(nn.Module):
     """``DequantizeLinear(codes, scale, zero_point, axis=0)`` of an integer weight initializer."""
 
-    def __init__(self, q: LayerQuant, shape, *, int4: bool, opset: int):
+    def __init__(self, q: LayerQuant, shape, *, int4: bool, opset: int, unit: bool = False):
         super().__init__()
         codes, zp, scale = weight_codes(q, tuple(shape))
         self.cont = container(np.asarray(q.weight_grid.bits), weight=True, int4=int4)
@@ -170,10 +173,12 @@ class IntWeight(nn.Module):
         self.register_buffer("codes", torch.as_tensor(codes, dtype=self.cont.storage))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.register_buffer("zero_point", torch.as_tensor(zp, dtype=self.cont.storage))
+        self.unit = unit      # DequantizeLinear with scale 1: the integer weight codes minus the zero points
+        self.register_buffer("dq_scale", torch.ones_like(self.scale) if unit else self.scale.clone())
         self.bits = sorted({int(b) for b in np.unique(np.asarray(q.weight_grid.bits))})
 
     def forward(self):
-        return _symbolic("DequantizeLinear", (self.codes, self.scale, self.zero_point), {"axis": 0},
+        return _symbolic("DequantizeLinear", (self.codes, self.dq_scale, self.zero_point), {"axis": 0},
                          dtype=torch.float32, like=self.codes, opset=self.opset,
                          meta={CONTAINER_KEY: self.cont.name})
 
@@ -182,8 +187,13 @@ class IntWeight(nn.Module):
         view = [-1] + [1] * (self.codes.ndim - 1)
         return (self.codes.float() - self.zero_point.float().reshape(view)) * self.scale.reshape(view)
 
+    def integers(self) -> torch.Tensor:
+        """``codes - zero_point``: the weight the integer form convolves with (float32)."""
+        view = [-1] + [1] * (self.codes.ndim - 1)
+        return self.codes.float() - self.zero_point.float().reshape(view)
+
     def describe(self) -> dict:
-        return {"bits": self.bits, "container": self.cont.name, "per_channel": True}
+        return {"bits": self.bits, "container": self.cont.name, "per_channel": True, "unit_scale": self.unit}
 
 
 class LayerQDQ(nn.Module):
@@ -193,9 +203,10 @@ class LayerQDQ(nn.Module):
     given), so conv subclasses (EfficientNet's static "same" padding) export as they run.
     """
 
-    def __init__(self, layer: nn.Module, q: LayerQuant, *, int4: bool, opset: int):
+    def __init__(self, layer: nn.Module, q: LayerQuant, *, int4: bool, opset: int, exact=None):
         super().__init__()
         self.layer = layer
+        self.integer = exact is not None
         weight = layer.weight
         layer.register_parameter("weight", None)    # given by forward: no float copy in the file
         layer.register_parameter("bias", None)
@@ -203,27 +214,38 @@ class LayerQDQ(nn.Module):
             self.weight = None
             self.register_buffer("float_weight", q.weight.detach().float().cpu().clone())
         else:
-            self.weight = IntWeight(q, weight.shape, int4=int4, opset=opset)
+            self.weight = IntWeight(q, weight.shape, int4=int4, opset=opset, unit=self.integer)
         bias = q.bias
         self.register_buffer("bias", None if bias is None else bias.detach().float().cpu().clone())
-        self.act_in = None if q.act_in is None else ActQDQ(q.act_in, opset=opset)
+        self.act_in = None if q.act_in is None else ActQDQ(q.act_in, opset=opset, unit=self.integer)
         self.act_out = None if q.act_out is None else ActQDQ(q.act_out, opset=opset)
+        self.register_buffer("row_scale", None)
+        if self.integer:
+            row_scale, out_bias = exact
+            self.register_buffer("row_scale", row_scale.detach().float().cpu().clone())
+            self.register_buffer("bias", out_bias.detach().float().cpu().clone())
+        self.axis = -1 if isinstance(layer, nn.Linear) else 1
 
     def forward(self, x):
         if self.act_in is not None:
             x = self.act_in(x)
         w = self.float_weight if self.weight is None else self.weight()
         y = functional_call(self.layer, {"weight": w}, (x,), strict=False)
+        if self.row_scale is not None:
+            # the integer form: the sum of integers is exact in float32, then one multiply, one add (aciq's
+            # integer path, modules.QuantizedLayer.finish)
+            y = y * _channel_view(self.row_scale, y, self.axis)
         if self.bias is not None:
             # a separate Add, not the Conv's bias input: ONNX Runtime's WeightBiasQuantization would round a
             # bias input to int32 in units of s_x * s_w (at 4 bits, a visible shift of every output)
-            y = y + _channel_view(self.bias, y, 1)
+            y = y + _channel_view(self.bias, y, self.axis)
         if self.act_out is not None:
             y = self.act_out(y)
         return y
 
     def describe(self) -> dict:
-        return {"weight": None if self.weight is None else self.weight.describe(),
+        return {"form": "integer" if self.integer else "qdq",
+                "weight": None if self.weight is None else self.weight.describe(),
                 "act_in": None if self.act_in is None else self.act_in.describe(),
                 "act_out": None if self.act_out is None else self.act_out.describe()}
 

@@ -231,7 +231,7 @@ def test_a_standalone_fake_quant_module_exports(tmp_path, data, model):
     q.forward = lambda x: orig(q.extra(x))
     info = export_onnx(q, data[1][:2], tmp_path / "fq.onnx")
     assert info.modules["extra"] == {"bits": [4], "container": "uint8", "clamp": True, "per_channel": False,
-                                     "zero_bit_channels": False}
+                                     "zero_bit_channels": False, "unit_scale": False}
     assert compare_onnx(q, tmp_path / "fq.onnx", data[1][:16]).agreement >= 90.0
 
 
@@ -329,6 +329,76 @@ def test_docstring_examples():
     assert doctest.testmod(export_mod).failed == 0
 
 
+# --------------------------------------------------------------------------- the integer form
+def _layer_dq_scales(proto):
+    """The scales of the DequantizeLinear nodes that feed a Conv/Gemm/MatMul directly."""
+    inits, made_by = _inits(proto), _producers(proto)
+    return [numpy_helper.to_array(inits[made_by[i].input[1]]) for n in _layer_nodes(proto) for i in n.input
+            if i in made_by and made_by[i].op_type == "DequantizeLinear"]
+
+
+def test_integer_form_writes_unit_scales_then_one_multiply(model, data, tmp_path):
+    q = quantize(model, PER_TENSOR, data[0])
+    info = export_onnx(q, data[1][:4], tmp_path / "int.onnx", form="integer")
+    proto = onnx.load(os.fspath(info.path))
+    assert {k: v["form"] for k, v in info.modules.items() if "form" in v} == dict.fromkeys(
+        ["conv", "dw", "grouped", "fc"], "integer")
+    scales = _layer_dq_scales(proto)                               # two per layer: its input and its weight
+    assert len(scales) == 2 * 4 and all(np.all(s == 1.0) for s in scales)   # codes minus zero points
+    for layer in _layer_nodes(proto):
+        assert all(_inits(proto).get(i) is None for i in layer.input), "integer weights stay behind a DQ node"
+    consumers = {i: n for n in proto.graph.node for i in n.input}
+    assert all(consumers[n.output[0]].op_type == "Mul" for n in _layer_nodes(proto))
+    # the same numbers as the QDQ form's file: integer weights, grids
+    qdq = onnx.load(os.fspath(export_onnx(q, data[1][:4], tmp_path / "qdq.onnx").path))
+    codes = lambda p: sorted(numpy_helper.to_array(t).tobytes() for t in p.graph.initializer  # noqa: E731
+                             if t.data_type in INTEGER_TYPES)
+    assert codes(proto) == codes(qdq)
+
+
+def test_integer_form_runs_what_aciq_runs(model, data, tmp_path):
+    """Per-tensor grids: ONNX Runtime's logits equal aciq's bit for bit; per-channel input steps of a dense
+    layer (common-unit multipliers in its weight) keep the QDQ form, depthwise ones take the integer form."""
+    q = quantize(model, PER_TENSOR, data[0])
+    info = export_onnx(q, data[1][:4], tmp_path / "int.onnx", form="integer")
+    got = ort_run(ort_session(info.path), data[1])
+    assert torch.equal(got, q(data[1]))
+    qc = quantize(model, PER_CHANNEL, data[0])
+    info = export_onnx(qc, data[1][:4], tmp_path / "pc.onnx", form="integer")
+    forms = {k: v["form"] for k, v in info.modules.items() if "form" in v}
+    assert forms == {"conv": "qdq", "dw": "integer", "grouped": "qdq", "fc": "qdq"}
+    assert compare_onnx(qc, info.path, data[1]).agreement == 100.0
+
+
+def test_integer_form_with_zero_bit_weight_rows(model, data, tmp_path):
+    """Bit allocation gives two output rows 0 bits (fills -1e-6 and 0): the file stores them as one code
+    ``sign(f)`` with scale ``|f|``, aciq runs ones times ``f``; the integer form still matches bit for bit."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.grouped.weight[2:] *= 50
+        m.grouped.weight[0] = -1e-6
+        m.grouped.weight[1] = 0.0
+    q = quantize(m, preset("w4a8-alloc", pool_bits=8, weight_avg_bits=2.5), [data[0][:16], data[0][16:]])
+    grid = q.grouped.quant.weight_grid
+    dead = np.asarray(grid.bits) == 0
+    assert dead[:2].all() and np.asarray(grid.fill)[0] < 0 and np.asarray(grid.fill)[1] == 0
+    info = export_onnx(q, data[1][:4], tmp_path / "dead.onnx", form="integer")
+    assert info.modules["grouped"]["form"] == "integer"
+    assert torch.equal(ort_run(ort_session(info.path), data[1]), q(data[1]))
+
+
+def test_kernels_backend_keeps_the_qdq_form(model, data, tmp_path):
+    q = quantize(model, PER_TENSOR, data[0], backend="kernels")
+    info = export_onnx(q, data[1][:4], tmp_path / "k.onnx", form="integer")
+    assert {v["form"] for v in info.modules.values() if "form" in v} == {"qdq"}
+
+
+def test_unknown_form_is_refused(model, data, tmp_path):
+    q = quantize(model, PER_TENSOR, data[0])
+    with pytest.raises(ValueError, match="form must be one of"):
+        export_onnx(q, data[1][:2], tmp_path / "x.onnx", form="exact")
+
+
 # --------------------------------------------------------------------------- the embedded model
 @pytest.mark.slow
 @pytest.mark.parametrize("name, changes", [("w4a8-alloc-bias", {"bias_form": "on-grid"}),
@@ -353,3 +423,8 @@ def test_resnet20_fmnist_agreement(name, changes, tmp_path):
     result = compare_onnx(q, info.path, x)
     assert result.agreement >= 99.0, result
     assert result.mean_abs_logit_diff < 0.05, result
+    if name == "w4a8-alloc-bias":     # per-tensor inputs: the integer form computes what aciq computes
+        info = export_onnx(q, x[:2], tmp_path / "r20-int.onnx", form="integer")
+        exact = compare_onnx(q, info.path, x)
+        assert exact.agreement == 100.0, exact
+        assert exact.mean_abs_logit_diff < result.mean_abs_logit_diff / 10, (exact, result)

@@ -38,6 +38,18 @@ def test_export_writes_a_checked_file(capsys, tmp_path, fmnist):
     assert set(row["modules"]) >= {"conv1", "layer1.0.conv1", "fc"}
 
 
+@pytest.mark.slow
+def test_export_integer_form(capsys, tmp_path, fmnist):
+    out = tmp_path / "r20-int.onnx"
+    code, res = _run(capsys, "export", "--model", "resnet20_fmnist", "--preset", "w4a4-best", "--out", str(out),
+                     "--form", "integer", "--calib-images", "16", "--check", "--limit", "64", "--threads", "1",
+                     "--json")
+    assert code == 0
+    row = json.loads(res.out)
+    assert {m["form"] for m in row["modules"].values() if "form" in m} == {"integer"}
+    assert row["check"]["agreement"] == 100.0 and row["check"]["max_logit_diff"] < 1e-4
+
+
 def test_export_errors(capsys, tmp_path, fmnist):
     base = ("export", "--model", "resnet20_fmnist", "--calib-images", "4", "--threads", "1")
     with pytest.raises(SystemExit) as exc:

@@ -57,7 +57,7 @@ def test_containers():
 def test_activation_qdq_describes_its_clamp():
     per_tensor = qdq.ActQDQ(grid_params(-1.0, 1.0, 4), opset=21)
     assert per_tensor.describe() == {"bits": [4], "container": "uint8", "clamp": True, "per_channel": False,
-                                     "zero_bit_channels": False}
+                                     "zero_bit_channels": False, "unit_scale": False}
     eight = qdq.ActQDQ(grid_params(-1.0, 1.0, 8), opset=21)
     assert not eight.clamp
     alloc = qdq.ActQDQ(grid_params(np.zeros(3), np.ones(3), np.array([0, 4, 8]), axis=1), opset=21)

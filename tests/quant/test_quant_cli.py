@@ -79,6 +79,27 @@ def test_stats_save_then_load_gives_the_same_result(capsys, folder, weights, tmp
         assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9)
 
 
+def test_sequential_presets_run_from_the_command_line(capsys, folder, weights, tmp_path):
+    """The *-best presets calibrate sequentially (no float statistics): evaluate and sweep run them;
+    --stats-save / --stats-load are refused by name."""
+    from aciq.quant import preset as get
+
+    code, out = _run(capsys, *_eval_args(folder, weights, tmp_path, "--preset", "w4a8-best", "--json"))
+    assert code == 0
+    row = json.loads(out.out)
+    assert row["calib_images"] == 4 and row["config"] == get("w4a8-best").describe()
+    code, out = _run(capsys, "sweep", "--models", "mobilenet_v2", "--weights", str(weights), "--data", str(folder),
+                     "--presets", "w4a4-best", "--calib-images", "4", "--batch-size", "3", "--no-progress",
+                     "--results", str(tmp_path / "s.csv"))
+    assert code == 0
+    swept = list(csv.DictReader(open(tmp_path / "s.csv")))
+    assert [r["preset"] for r in swept] == ["w4a4-best"]
+    for option in ("--stats-save", "--stats-load"):
+        with pytest.raises(SystemExit) as exc:
+            main(list(_eval_args(folder, weights, tmp_path, "--preset", "w4a8-best", option, str(tmp_path / "st"))))
+        assert exc.value.code == 2 and "calibrates sequentially" in capsys.readouterr().err
+
+
 def test_stats_for_another_model_is_refused(capsys, folder, weights, tmp_path):
     from aciq.quant import collect_statistics, preset as get
     from aciq.quant.zoo import load_model
