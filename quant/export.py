@@ -15,6 +15,11 @@ Weights are integer initializers with per-output-channel scales and zero points;
 QuantizeLinear/DequantizeLinear pairs (per tensor, or per channel along axis 1), with ``Min`` clamps where a
 channel has fewer bits than its container (bit allocation). The batch dimension is dynamic.
 
+``form="integer"`` writes the same initializers and activation QuantizeLinear nodes, with scale-1
+DequantizeLinear nodes in front of each conv/linear that aciq runs on its float32 integer path, then one ``Mul``
+by the layer's output scales and one ``Add`` of its bias (:class:`aciq.quant.modules.QuantizedLayer`'s
+``finish``), so that ONNX Runtime sums the same integers and rounds the same two operations as aciq.
+
 Refused, with a ValueError that says why: a model aciq did not quantize; a quantizing module the table does
 not know (named); the ``seed`` form of bias correction (weights off the integer grid); a weight that is not
 ``(codes - z) s`` of its grid; a path that cannot be written. Needs the ``export`` extra (onnx, onnxscript).
