@@ -325,13 +325,13 @@ def _quantize(spec, model, config: QuantConfig, calib, device, dist):
     stats = share_statistics(dist, make)
     if getattr(spec, "stats_save", None) and dist.is_main:
         stats.save(spec.stats_save)
-    qmodel = convert(p, config, stats, backend=spec.backend, calibration_data=batches)
+    qmodel = convert(p, config, stats, backend=getattr(spec, "backend", "fake"), calibration_data=batches)
     check_identical(qmodel, dist)
     return qmodel, stats, (lambda: prepare(model, batches[0], config).model)
 
 
-def _check_sequential_options(spec, config) -> None:
-    if config.calibration == "sequential" and (getattr(spec, "stats_load", None) or getattr(spec, "stats_save", None)):
+def _check_sequential_options(spec) -> None:
+    if getattr(spec, "stats_load", None) or getattr(spec, "stats_save", None):
         raise ValueError("--stats-load/--stats-save: this preset calibrates sequentially (calibration='sequential', "
                          "the *-best presets): each layer is measured on the partly quantized model, so there are "
                          "no float-model statistics to save or load; drop the option")
@@ -343,8 +343,8 @@ def _quantize_sequential(spec, model, config: QuantConfig, batches, dist):
     from .api import prepare, quantize
     from .distributed import check_identical
 
-    _check_sequential_options(spec, config)
-    qmodel = quantize(model, config, batches, backend=spec.backend)
+    _check_sequential_options(spec)
+    qmodel = quantize(model, config, batches, backend=getattr(spec, "backend", "fake"))
     check_identical(qmodel, dist)
     return qmodel, None, (lambda: prepare(model, batches[0], config).model)
 
@@ -835,9 +835,8 @@ def _add_export(subparsers) -> None:
 
     def cmd(args) -> int:
         _threads(args)
-        from .api import collect_statistics, convert, prepare, quantize
+        from .distributed import Dist
         from .export import export_onnx
-        from .observe import Statistics
         from .zoo import MODELS
 
         if args.model not in MODELS:
@@ -847,17 +846,8 @@ def _add_export(subparsers) -> None:
             raise ValueError("--preset float quantizes nothing: there is no integer model to export")
         calib, loader, data_desc = _data(args, args.model)
         model = _load(args.model, args.weights)
-        batches = [calib[i:i + args.batch_size] for i in range(0, len(calib), args.batch_size)]
-        if config.calibration == "sequential":
-            _check_sequential_options(args, config)
-            qmodel = quantize(model, config, batches)
-        else:
-            p = prepare(model, batches[0], config)
-            stats = (Statistics.load(args.stats_load) if args.stats_load
-                     else collect_statistics(model, config, batches, prepared=p))
-            qmodel = convert(p, config, stats)
-        info = export_onnx(qmodel, batches[0][:2], args.out, opset=args.opset, int4=not args.no_int4,
-                           form=args.form)
+        qmodel = _quantize(args, model, config, calib, torch.device("cpu"), Dist())[0]
+        info = export_onnx(qmodel, calib[:2], args.out, opset=args.opset, int4=not args.no_int4, form=args.form)
         row = {"model": args.model, "preset": args.preset or "custom", "config": config.describe(),
                **info.to_dict()}
         if args.check:

@@ -39,7 +39,7 @@ from torch import nn
 
 from .fake import FakeQuant, GridParams
 from .modules import KernelLayer, LayerQuant, QuantizedLayer, QuantizedOutput
-from .qdq import CONTAINER_KEY, ActQDQ, LayerQDQ, OutputQDQ
+from .qdq import CONTAINER_KEY, ActQDQ, LayerQDQ, OutputQDQ, weight_codes
 
 __all__ = ["export_onnx", "OnnxExport", "EXPORTERS", "DEFAULT_OPSET", "FORMS"]
 
@@ -86,12 +86,11 @@ def _row_signs(file_ints: torch.Tensor, aciq_ints: torch.Tensor) -> torch.Tensor
 def _layer(m, *, int4, opset, form="qdq"):
     exact = _integer_path(m) if form == "integer" else None
     if exact is not None:
-        plain = LayerQDQ(copy.deepcopy(m.layer).cpu(), m.quant, int4=int4, opset=opset)
-        signs = _row_signs(plain.weight.integers(), m.int_weight.detach().cpu())
-        if signs is None:
-            return plain
+        codes, zp, _ = weight_codes(m.quant, tuple(m.int_weight.shape))
+        file_ints = torch.as_tensor(codes - zp.reshape((-1,) + (1,) * (codes.ndim - 1)), dtype=torch.float32)
+        signs = _row_signs(file_ints, m.int_weight.detach().cpu())
         row_scale, bias = exact
-        exact = (row_scale.detach().cpu() * signs.to(row_scale.dtype), bias)
+        exact = None if signs is None else (row_scale.detach().cpu() * signs.to(row_scale.dtype), bias)
     return LayerQDQ(copy.deepcopy(m.layer).cpu(), m.quant, int4=int4, opset=opset, exact=exact)
 
 

@@ -108,7 +108,7 @@ class ActQDQ(nn.Module):
         self.register_buffer("zero_point", torch.as_tensor(np.asarray(grid.zero_point), dtype=self.cont.storage))
         # unit: DequantizeLinear with scale 1 gives the integer codes minus the zero point (the integer form)
         self.unit = unit
-        self.register_buffer("dq_scale", torch.ones_like(self.scale) if unit else self.scale.clone())
+        self.register_buffer("ones", torch.ones_like(self.scale) if unit else None)
         qmax = np.asarray(grid.qmax)
         self.clamp = bool(np.any(qmax < self.cont.hi))
         self.register_buffer("qmax", torch.as_tensor(qmax, dtype=self.cont.storage))
@@ -126,7 +126,8 @@ class ActQDQ(nn.Module):
         if self.clamp:
             qmax = self.qmax if self.axis is None else _channel_view(self.qmax, x, self.axis)
             q = _symbolic("Min", (q, qmax), {}, dtype=self.cont.onnx_type, like=x, opset=self.opset)
-        y = _symbolic("DequantizeLinear", (q, self.dq_scale, self.zero_point), attrs, dtype=x.dtype, like=x,
+        dq_scale = self.ones if self.unit else self.scale
+        y = _symbolic("DequantizeLinear", (q, dq_scale, self.zero_point), attrs, dtype=x.dtype, like=x,
                       opset=self.opset, meta=meta)
         if self.dead:
             mask, fill = self.dead_mask, self.fill
@@ -174,11 +175,12 @@ class IntWeight(nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.register_buffer("zero_point", torch.as_tensor(zp, dtype=self.cont.storage))
         self.unit = unit      # DequantizeLinear with scale 1: the integer weight codes minus the zero points
-        self.register_buffer("dq_scale", torch.ones_like(self.scale) if unit else self.scale.clone())
+        self.register_buffer("ones", torch.ones_like(self.scale) if unit else None)
         self.bits = sorted({int(b) for b in np.unique(np.asarray(q.weight_grid.bits))})
 
     def forward(self):
-        return _symbolic("DequantizeLinear", (self.codes, self.dq_scale, self.zero_point), {"axis": 0},
+        return _symbolic("DequantizeLinear", (self.codes, self.ones if self.unit else self.scale, self.zero_point),
+                         {"axis": 0},
                          dtype=torch.float32, like=self.codes, opset=self.opset,
                          meta={CONTAINER_KEY: self.cont.name})
 
@@ -186,11 +188,6 @@ class IntWeight(nn.Module):
         """The float weight the file computes (float32 scale, as ONNX Runtime applies it)."""
         view = [-1] + [1] * (self.codes.ndim - 1)
         return (self.codes.float() - self.zero_point.float().reshape(view)) * self.scale.reshape(view)
-
-    def integers(self) -> torch.Tensor:
-        """``codes - zero_point``: the weight the integer form convolves with (float32)."""
-        view = [-1] + [1] * (self.codes.ndim - 1)
-        return self.codes.float() - self.zero_point.float().reshape(view)
 
     def describe(self) -> dict:
         return {"bits": self.bits, "container": self.cont.name, "per_channel": True, "unit_scale": self.unit}
@@ -215,15 +212,12 @@ class LayerQDQ(nn.Module):
             self.register_buffer("float_weight", q.weight.detach().float().cpu().clone())
         else:
             self.weight = IntWeight(q, weight.shape, int4=int4, opset=opset, unit=self.integer)
-        bias = q.bias
+        # the integer form: the scales of aciq's integer path (QuantizedLayer.finish) and the bias it adds
+        row_scale, bias = exact if self.integer else (None, q.bias)
+        self.register_buffer("row_scale", None if row_scale is None else row_scale.detach().float().cpu().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().cpu().clone())
         self.act_in = None if q.act_in is None else ActQDQ(q.act_in, opset=opset, unit=self.integer)
         self.act_out = None if q.act_out is None else ActQDQ(q.act_out, opset=opset)
-        self.register_buffer("row_scale", None)
-        if self.integer:
-            row_scale, out_bias = exact
-            self.register_buffer("row_scale", row_scale.detach().float().cpu().clone())
-            self.register_buffer("bias", out_bias.detach().float().cpu().clone())
         self.axis = -1 if isinstance(layer, nn.Linear) else 1
 
     def forward(self, x):
